@@ -1,0 +1,53 @@
+"""Packaging for self_sup: every field comes from settings.ini (nbdev 2 layout)."""
+from configparser import ConfigParser
+
+import setuptools
+from pkg_resources import parse_version
+
+assert parse_version(setuptools.__version__) >= parse_version('36.2')
+
+config = ConfigParser(delimiters=['='])
+config.read('settings.ini', encoding='utf-8')
+cfg = config['DEFAULT']
+
+expected = ('version description keywords author author_email license status min_python '
+            'lib_name user git_url').split()
+missing = [key for key in expected if key not in cfg]
+if missing: raise ValueError(f"settings.ini lacks the keys {missing}")
+
+licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
+statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable',
+            '6 - Mature', '7 - Inactive']
+py_versions = '3.10 3.11 3.12 3.13'.split()
+min_python = cfg['min_python']
+lic = licenses[cfg['license'].lower()]
+
+def split_reqs(key):
+    "Space-separated requirement strings from settings.ini."
+    return cfg.get(key, '').split()
+
+setuptools.setup(
+    name=cfg['lib_name'],
+    license=lic[0],
+    classifiers=['Development Status :: ' + statuses[int(cfg['status'])],
+                 'Intended Audience :: ' + cfg['audience'].title(),
+                 'License :: ' + lic[1],
+                 'Natural Language :: ' + cfg['language'].title()] +
+                ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]],
+    url=cfg['git_url'],
+    packages=setuptools.find_packages(include=['self_sup', 'self_sup.*']),
+    include_package_data=True,
+    install_requires=split_reqs('requirements'),
+    extras_require={'dev': split_reqs('dev_requirements'), 'bench': split_reqs('bench_requirements')},
+    dependency_links=cfg.get('dep_links', '').split(),
+    python_requires='>=' + min_python,
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    zip_safe=False,
+    entry_points={
+        'console_scripts': cfg.get('console_scripts', '').split(),
+        'nbdev': [f"{cfg.get('lib_path')}={cfg.get('lib_path')}._modidx:d"],
+    },
+    version=cfg['version'], description=cfg['description'], keywords=cfg['keywords'],
+    author=cfg['author'], author_email=cfg['author_email'],
+)
