@@ -2,9 +2,6 @@
 from configparser import ConfigParser
 
 import setuptools
-from pkg_resources import parse_version
-
-assert parse_version(setuptools.__version__) >= parse_version('36.2')
 
 config = ConfigParser(delimiters=['='])
 config.read('settings.ini', encoding='utf-8')

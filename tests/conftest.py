@@ -1,0 +1,3 @@
+import os
+os.environ.setdefault('MPLBACKEND', 'Agg')
+os.environ.setdefault('SELF_SUP_PROGRESS', '0')

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it: every notebook under nbdev_test (cells flagged
+# `#| slow` or `#| cuda` are skipped unless you pass --flags), then pytest on tests/.
+# Usage: bash tests/run.sh [extra nbdev_test flags, e.g. --flags slow]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export MPLBACKEND=${MPLBACKEND:-Agg} SELF_SUP_PROGRESS=${SELF_SUP_PROGRESS:-0}
+status=0
+echo "== nbdev_test (notebooks)"
+nbdev_test --n_workers "${NBDEV_WORKERS:-2}" --timing "$@" || status=1
+echo "== pytest tests/"
+python -m pytest tests/ -q -p no:cacheprovider || status=1
+exit $status

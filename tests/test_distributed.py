@@ -1,0 +1,50 @@
+"""Two gloo processes on the CPU: the collectives behave like one process on the concatenated batch."""
+import torch
+
+from self_sup.distributed import (all_gather_no_grad, all_gather_with_grad, all_reduce_mean, all_reduce_sum,
+                                  get_rank, get_world_size, is_distributed, is_main_process)
+from distributed_utils import run_distributed
+
+
+def _global_batch():
+    torch.manual_seed(0)
+    return torch.randn(8, 5)
+
+
+def _loss(z):
+    # a loss that couples every pair of samples, like a contrastive loss over the global batch
+    z = torch.nn.functional.normalize(z, dim=1)
+    return (z @ z.T).exp().sum().log()
+
+
+def _collectives(rank, world):
+    assert is_distributed() and get_rank() == rank and get_world_size() == world
+    assert is_main_process() == (rank == 0)
+    s = all_reduce_sum(torch.tensor([float(rank + 1)]))
+    m = all_reduce_mean(torch.tensor([float(rank + 1)]))
+    x = _global_batch()
+    local = x.chunk(world)[rank].clone().requires_grad_(True)
+    gathered = all_gather_with_grad(local)
+    _loss(gathered).backward()
+    return {'sum': s.item(), 'mean': m.item(), 'gathered': gathered.detach(), 'grad': local.grad,
+            'nograd': all_gather_no_grad(local)}
+
+
+def test_collectives_match_one_process():
+    outs = run_distributed(_collectives, world_size=2)
+    x = _global_batch().requires_grad_(True)
+    _loss(x).backward()
+    for rank, o in enumerate(outs):
+        assert o['sum'] == 3.0 and o['mean'] == 1.5
+        torch.testing.assert_close(o['gathered'], x.detach())
+        torch.testing.assert_close(o['nograd'], x.detach())
+        assert not o['nograd'].requires_grad
+        # every rank computes the same global loss; the summed gradient of both ranks' losses is 2x the
+        # one-process gradient, and each rank holds its own slice of it
+        torch.testing.assert_close(o['grad'], 2 * x.grad.chunk(2)[rank], atol=1e-6, rtol=1e-5)
+
+
+def test_single_process_helpers_are_identities():
+    x = torch.randn(3, 2)
+    assert all_gather_with_grad(x) is x
+    assert torch.equal(all_reduce_sum(x.clone()), x)
