@@ -164,3 +164,18 @@ def test_inputs_agree():
     torch.manual_seed(0); a = t(arr)
     torch.manual_seed(0); f = t(torch.from_numpy(arr).permute(2, 0, 1).float() / 255)
     assert all((x - y).abs().mean() < 0.005 and (x - y).abs().max() < 0.1 for x, y in zip(a, f))
+
+
+def test_configs_from_command_line():
+    "The transforms are config dataclasses: the generated command line builds them with typed options."
+    import argparse
+    from self_sup.cli import add_dataclass_arguments, dataclass_from_args
+    p = add_dataclass_arguments(argparse.ArgumentParser(), MultiCropTransform)
+    args = p.parse_args(['--n-local', '6', '--global-scale', '0.14', '1', '--global-blur', '0.5', '0.5',
+                         '--interpolation', 'bilinear', '--pre-size', '300', '--no-normalize'])
+    t = dataclass_from_args(MultiCropTransform, args)
+    assert (t.n_local, t.global_scale, t.global_blur, t.interpolation, t.pre_size, t.normalize) == \
+        (6, (0.14, 1.0), (0.5, 0.5), 'bilinear', 300, False)
+    assert dataclass_from_args(MultiCropTransform, p.parse_args([])) == MultiCropTransform()
+    p = add_dataclass_arguments(argparse.ArgumentParser(), SimCLRTransform)
+    assert dataclass_from_args(SimCLRTransform, p.parse_args(['--size', '32', '--blur-p', 'none'])).view.blur_p == 0.0
