@@ -150,7 +150,7 @@ SPLITS = ([12, 12], [5, 19])   # rows of the global batch on rank 0 and rank 1 (
 
 
 def _global_scores():
-    return _scores(24, 7, seed=3), _scores(6, 20, 4, seed=4)
+    return _scores(24, 7, seed=3), _scores(6, 20, 4, seed=4), _scores(24, 100, seed=5)
 
 
 def _row_marginals():
@@ -162,7 +162,7 @@ def _split(x, rank, sizes, dim=0):
     return x.narrow(dim, sum(sizes[:rank]), sizes[rank])
 
 
-def _codes(s2, s3, r, **kw):
+def _codes(s2, s3, wide, r, **kw):
     "The calls of the test, on the global batch (one process) or on one rank's share (kw distributed=True)."
     return {
         'swav': sinkhorn_knopp(s2, **kw),
@@ -170,6 +170,7 @@ def _codes(s2, s3, r, **kw):
         'tol': sinkhorn_knopp(s2, n_iters=500, tol=1e-5, **kw),
         'marginals': sinkhorn_knopp(s2, n_iters=20, row_marginals=r, col_marginals=torch.linspace(1, 3, 7) / 14, **kw),
         'batched': sinkhorn_knopp(s3, n_iters=30, **kw),
+        'wide': sinkhorn_knopp(wide, n_iters=10, **kw),   # K > 64: the samples x prototypes layout
     }
 
 
@@ -189,11 +190,11 @@ def _errors(rank):
 
 
 def _two_ranks(rank, world):
-    s2, s3, r = *_global_scores(), _row_marginals()
+    s2, s3, wide, r = *_global_scores(), _row_marginals()
     out = {}
     for sizes in SPLITS:
-        out[str(sizes)] = _codes(_split(s2, rank, sizes), _split(s3, rank, [10, 10], dim=1), _split(r, rank, sizes),
-                                 distributed=True)
+        out[str(sizes)] = _codes(_split(s2, rank, sizes), _split(s3, rank, [10, 10], dim=1), _split(wide, rank, sizes),
+                                 _split(r, rank, sizes), distributed=True)
     out['errors'] = _errors(rank)
     return out
 
