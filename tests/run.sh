@@ -5,6 +5,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export MPLBACKEND=${MPLBACKEND:-Agg} SELF_SUP_PROGRESS=${SELF_SUP_PROGRESS:-0}
+# Notebooks run two at a time on CI's 2 cores: one BLAS/OpenMP thread each keeps them from fighting over
+# the cores (small matrix products get ~10x slower when threads oversubscribe).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 status=0
 echo "== nbdev_test (notebooks)"
 nbdev_test --n_workers "${NBDEV_WORKERS:-2}" --timing "$@" || status=1
