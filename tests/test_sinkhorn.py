@@ -118,7 +118,8 @@ def test_blocks_equal_one_block(monkeypatch, shape, precision):
     old = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision(precision)
-        monkeypatch.setattr(sk, '_CPU_BLOCK', 700)      # many blocks of a few rows
+        monkeypatch.setattr(sk, '_CPU_BLOCK', 700)      # many blocks of a few rows (one thread ...)
+        monkeypatch.setattr(sk, '_CPU_BLOCK_THREADED', 700)   # ... or several)
         many = sinkhorn_knopp(s, n_iters=10)
         with_tol = sinkhorn_knopp(s, n_iters=200, tol=1e-4)
     finally:
