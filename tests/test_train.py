@@ -171,6 +171,23 @@ def test_sigint_stops_after_the_step_with_a_checkpoint(tmp_path):
     assert seen + rest == full
 
 
+class CtrlCDuringStep(Contrastive):
+    "Presses Ctrl-C as a terminal does (main process and DataLoader workers) as the workers of epoch 1 start."
+    def on_step_start(self, trainer):
+        if trainer.step == 6:
+            for w in trainer._batches._workers: os.kill(w.pid, signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_with_workers_finishes_the_step(tmp_path, capfd):
+    cfg = replace(BASE, out_dir=str(tmp_path), num_workers=2)
+    trainer = Trainer(CtrlCDuringStep(), Views(), cfg)
+    with pytest.raises(KeyboardInterrupt): trainer.fit()
+    # the workers ignored it (they neither died nor ran the trainer's handler), the main process stopped once
+    assert capfd.readouterr().out.count('stopping after this step') == 1
+    assert torch.load(tmp_path / 'checkpoint.pt', weights_only=False)['step'] == 7   # step 6 completed, then stopped
+
+
 def test_multicrop_lists_and_dict_batches():
     class Crops(torch.utils.data.Dataset):
         def __len__(self): return 16
