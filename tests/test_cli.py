@@ -56,3 +56,9 @@ def test_train_under_torchrun_two_processes(tmp_path):
     assert (tmp_path / 'run' / 'checkpoint.pt').is_file()
     rows = (tmp_path / 'run' / 'metrics.csv').read_text().strip().splitlines()
     assert len(rows) == 3, rows  # header + one row per step, written by rank 0 only
+
+
+def test_console_script_exits_zero_and_prints_no_return_value(tmp_path):
+    out = run(shutil.which('self_sup'), 'fake-videos', '--n-videos', '1', '--n-frames', '4', '--size', '32', '--out', str(tmp_path))
+    assert out.returncode == 0 and 'PosixPath' not in out.stdout + out.stderr, out
+    assert len(list(tmp_path.glob('*.mp4'))) == 1
