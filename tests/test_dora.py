@@ -129,13 +129,3 @@ def test_command_line_round_trip():
     assert (cfg.use_tracking_masks, cfg.pre_scale, cfg.max_steps, cfg.backbone) == (False, (0.3, 1.0), 5, 'vit_tiny_patch16')
     assert config_or_exit(parser, DoRAConfig, parser.parse_args([])) == DoRAConfig()
 
-
-def test_agrees_with_the_viz_copy_of_the_tracker():
-    viz = pytest.importorskip('self_sup.viz.attention')
-    dora = _dora()
-    clips = _views()[0][:1]
-    with torch.no_grad():
-        feats = dora.teacher.backbone.forward_features(clips.flatten(0, 1), attention=True, qkv=True)
-    ours = track_clip_objects(feats, 3, [0, 1, 2])
-    theirs = viz.dora_object_maps(feats.attention[:1], feats.q[:1], feats.tokens[:1], feats.k, feats.grid, heads=[0, 1, 2])
-    assert torch.equal(ours.masks[0], theirs.masks)
