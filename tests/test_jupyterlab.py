@@ -9,6 +9,7 @@ from browser import browser
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = os.environ.get('SELF_SUP_LAB_NOTEBOOK', '45_viz.explorers.ipynb')
+PANEL = '.jp-NotebookPanel:not(.lm-mod-hidden)'  # the notebook in the visible tab
 SHOTS = Path(os.environ.get('SELF_SUP_SCREENSHOTS', ROOT / '_preview' / 'screenshots'))
 
 
@@ -29,7 +30,9 @@ def lab(tmp_path):
     settings.mkdir(parents=True)
     (settings / 'tracker.jupyterlab-settings').write_text(json.dumps({'windowingMode': 'none'}))
     env = {**os.environ, 'SELF_SUP_PROGRESS': '0', 'MPLBACKEND': 'module://matplotlib_inline.backend_inline',
-           'JUPYTERLAB_SETTINGS_DIR': str(tmp_path / 'lab-settings')}
+           'JUPYTERLAB_SETTINGS_DIR': str(tmp_path / 'lab-settings'),
+           # a fresh workspace: no tabs restored from an earlier session on this machine
+           'JUPYTERLAB_WORKSPACES_DIR': str(tmp_path / 'lab-workspaces')}
     proc = subprocess.Popen([sys.executable, '-m', 'jupyter', 'lab', '--no-browser', '--ip=127.0.0.1', f'--port={port}',
                              '--ServerApp.token=', '--ServerApp.password=', '--allow-root', f'--ServerApp.root_dir={root}',
                              '--LabApp.news_url=None', '--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate'],
@@ -54,8 +57,8 @@ def test_tutorial_runs_in_jupyterlab(lab):
     n_code = sum(c['cell_type'] == 'code' for c in json.loads(nb.read_text())['cells'])
     with browser() as b:
         page = b.new_page(viewport={'width': 1400, 'height': 1000})
-        page.goto(f'{url}/lab/tree/{TUTORIAL}')
-        page.wait_for_selector('.jp-Notebook .jp-Cell', timeout=120_000)
+        page.goto(f'{url}/lab/tree/{TUTORIAL}?reset')
+        page.wait_for_selector(f'{PANEL} .jp-Notebook .jp-Cell', timeout=120_000)
         # the kernel has started when the status bar says "Idle"
         page.wait_for_function("document.body.innerText.includes('| Idle')", timeout=120_000)
         page.click('text=Run', timeout=20_000)
@@ -63,7 +66,7 @@ def test_tutorial_runs_in_jupyterlab(lab):
         # every code cell gets an execution count and the kernel goes idle again
         deadline = time.time() + 600
         while time.time() < deadline:
-            prompts = page.eval_on_selector_all('.jp-CodeCell .jp-InputArea-prompt', 'els => els.map(e => e.innerText.trim())')
+            prompts = page.eval_on_selector_all(f'{PANEL} .jp-CodeCell .jp-InputArea-prompt', 'els => els.map(e => e.innerText.trim())')
             done = [p for p in prompts if re.fullmatch(r'\[\s*\d+\s*\]:?', p)]
             if len(done) >= n_code: break
             time.sleep(1)
@@ -71,9 +74,9 @@ def test_tutorial_runs_in_jupyterlab(lab):
             pytest.fail(f'not every cell ran: prompts {prompts}')
         page.wait_for_timeout(1500)
         errors = page.eval_on_selector_all(
-            '.jp-OutputArea-output', "els => els.map(e => e.innerText).filter(t => t.includes('Traceback') || t.match(/^\\w+Error:/m))")
+            f'{PANEL} .jp-OutputArea-output', "els => els.map(e => e.innerText).filter(t => t.includes('Traceback') || t.match(/^\\w+Error:/m))")
         assert not errors, f'a cell failed in JupyterLab:\n{errors[0][:3000]}'
-        assert page.locator('.jp-OutputArea-output img').count() >= 1, 'no figure rendered'
+        assert page.locator(f'{PANEL} .jp-OutputArea-output img').count() >= 1, 'no figure rendered'
         assert page.locator('.jupyter-widgets .widget-slider, .jupyter-widgets.widget-slider, .widget-hslider').count() >= 1, \
             'no interactive widget (slider) rendered'
         SHOTS.mkdir(parents=True, exist_ok=True)
