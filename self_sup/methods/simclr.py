@@ -21,8 +21,8 @@ from ..models import ProjectionMLP, create_backbone
 from ..train import Trainer, TrainConfig
 
 # %% auto #0
-__all__ = ['DATASETS', 'CPU_PRESET', 'SimCLRConfig', 'nt_xent_logits', 'nt_xent', 'SimCLR', 'simclr_transform', 'eval_transform',
-           'simclr_dataset', 'train_config', 'make_trainer', 'train']
+__all__ = ['DATASETS', 'PAPER_RECIPE', 'CPU_PRESET', 'SimCLRConfig', 'nt_xent_logits', 'nt_xent', 'SimCLR', 'simclr_transform',
+           'eval_transform', 'simclr_dataset', 'train_config', 'make_trainer', 'train']
 
 # %% ../../nbs/11_methods.simclr.ipynb #818b15c8
 DATASETS = ('imagenet', 'folder', 'cifar10', 'digits')
@@ -41,50 +41,49 @@ def _check_scale(name: str, value) -> tuple[float, float]:
 @dataclass
 class SimCLRConfig:
     "SimCLR's recipe (defaults: the paper's ResNet-50 ImageNet run); `preset='cpu'` for a CPU-sized run on the built-in digits."
-    preset: Literal['paper', 'cpu'] = 'paper' # 'paper': the defaults below; 'cpu': small values (see CPU_PRESET) for fields left at the paper's default
+    preset: Literal['paper', 'cpu'] = 'paper' # which recipe fills the fields left at None: 'paper' (PAPER_RECIPE) or 'cpu' (CPU_PRESET, the built-in digits)
     # data
-    dataset: Literal['imagenet', 'folder', 'cifar10', 'digits'] = 'imagenet' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*), 'cifar10' (the python pickles) or 'digits' (built-in digits on photos)
+    dataset: Literal['imagenet', 'folder', 'cifar10', 'digits'] | None = None # paper: 'imagenet'; 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*), 'cifar10' (the python pickles) or 'digits' (built-in digits on photos)
     data_path: str | None = None # the dataset's root folder (not needed for 'digits')
     # views
-    image_size: int = 224 # side of each view, pixels (CIFAR: 32)
-    crop_scale: tuple[float, float] = (0.08, 1.0) # area fraction of the random resized crop
-    color_strength: float = 1.0 # colour distortion strength s: 1.0 ImageNet, 0.5 CIFAR
+    image_size: int | None = None # side of each view, pixels: paper 224 (CIFAR: 32)
+    crop_scale: tuple[float, float] | None = None # area fraction of the random resized crop: paper (0.08, 1)
+    color_strength: float | None = None # colour distortion strength s: paper 1.0 (ImageNet), 0.5 CIFAR
     blur_p: float | None = None # probability of Gaussian blur; None: 0.5 for views of 64 pixels or more, else 0
     # networks
-    backbone: str = 'resnet50' # a `self_sup.models` backbone name
+    backbone: str | None = None # a `self_sup.models` backbone name: paper 'resnet50'
     proj_hidden_dim: int | None = None # width of the projection head's hidden layer; None: the encoder's embed_dim
     proj_dim: int = 128 # output size of the projection head
     proj_layers: int = 2 # Linear layers in the projection head
     # loss
-    temperature: float = 0.1 # tau: 0.1 for ImageNet with batch 4096, 0.5 for CIFAR-scale runs
+    temperature: float | None = None # tau: paper 0.1 (ImageNet, batch 4096), 0.5 for CIFAR-scale runs
     gather_negatives: bool = True # negatives from every process (all_gather with gradient); False: this process's batch only
     # optimisation
-    epochs: int = 1000 # passes over the training data
-    batch_size: int = 256 # images per process (two views each); the paper: 4096 in total
-    optimizer: Literal['lars', 'sgd', 'adamw'] = 'lars' # optimiser
-    lr: float = 0.3 # peak learning rate for a global batch of 256 (scaled linearly with the global batch)
+    epochs: int | None = None # passes over the training data: paper 1000
+    batch_size: int | None = None # images per process (two views each): 256 here, the paper 4096 in total
+    optimizer: Literal['lars', 'sgd', 'adamw'] | None = None # optimiser: paper 'lars'
+    lr: float | None = None # peak learning rate for a global batch of 256 (scaled linearly with the global batch): paper 0.3
     min_lr: float = 0.0 # learning rate at the end of the cosine
-    warmup_epochs: float = 10 # linear learning-rate warm-up, epochs
-    weight_decay: float = 1e-6 # weight decay (not on biases and BatchNorm parameters)
+    warmup_epochs: float | None = None # linear learning-rate warm-up, epochs: paper 10
+    weight_decay: float | None = None # weight decay (not on biases and BatchNorm parameters): paper 1e-6
     momentum: float = 0.9 # LARS/SGD momentum
-    sync_batchnorm: bool = True # BatchNorm statistics over all processes (the paper's global BN)
-    precision: Literal['32', 'bf16', 'fp16'] = 'bf16' # '32', 'bf16' (CPU or GPU) or 'fp16' (GPU)
+    sync_batchnorm: bool | None = None # BatchNorm statistics over all processes: paper True (global BN)
+    precision: Literal['32', 'bf16', 'fp16'] | None = None # '32', 'bf16' (CPU or GPU) or 'fp16' (GPU): paper 'bf16'
     # running
     device: str | None = None # 'cpu', 'cuda', ... or None: this rank's GPU if there is one
-    num_workers: int = 10 # DataLoader workers per process
+    num_workers: int | None = None # DataLoader workers per process: paper 10
     seed: int = 0 # seeds weights, data order and augmentations
     out_dir: str | None = None # where checkpoint.pt, metrics.csv and config.json go (None: nothing is written)
     resume: str | None = None # a checkpoint path or 'auto' (out_dir's checkpoint if there is one)
     max_steps: int | None = None # stop after this many optimiser steps (the schedules still span `epochs`)
     checkpoint_every: int = 1000 # steps between checkpoints
-    log_every: int = 10 # steps between rows of metrics.csv
+    log_every: int | None = None # steps between rows of metrics.csv: paper 10
 
     def __post_init__(self):
         check_in('preset', self.preset, ['paper', 'cpu'])
-        if self.preset == 'cpu':
-            defaults = {f.name: f.default for f in dataclasses.fields(SimCLRConfig)}
-            for name, value in CPU_PRESET.items():
-                if getattr(self, name) == defaults[name]: setattr(self, name, value)
+        recipe = dict(PAPER_RECIPE) | (CPU_PRESET if self.preset == 'cpu' else {})
+        for name, value in recipe.items():
+            if getattr(self, name) is None: setattr(self, name, value)
         check_in('dataset', self.dataset, DATASETS)
         check_in('optimizer', self.optimizer, ['lars', 'sgd', 'adamw'])
         self.precision = str(self.precision)
@@ -103,6 +102,11 @@ class SimCLRConfig:
         if self.data_path is not None: self.data_path = str(self.data_path)
 
 # %% ../../nbs/11_methods.simclr.ipynb #cd182b8a
+PAPER_RECIPE = dict(
+    dataset='imagenet', image_size=224, crop_scale=(0.08, 1.0), color_strength=1.0, backbone='resnet50', temperature=0.1,
+    epochs=1000, batch_size=256, optimizer='lars', lr=0.3, warmup_epochs=10, weight_decay=1e-6, sync_batchnorm=True,
+    precision='bf16', num_workers=10, log_every=10,
+)
 CPU_PRESET = dict(
     dataset='digits', image_size=28, crop_scale=(0.2, 1.0), color_strength=0.5, backbone='small_cnn', temperature=0.2,
     epochs=8, batch_size=128, optimizer='adamw', lr=1e-3, warmup_epochs=1, weight_decay=1e-4, sync_batchnorm=False,
