@@ -157,16 +157,14 @@ class PatchBatches(Dataset):
         if per_pass < 1 and self.fast: raise ValueError(f"the dataset has {len(dataset)} images, fewer than one batch of {batch_size}")
         self.num_batches = int(num_batches) if num_batches is not None else max(per_pass, 1)
         check_positive('num_batches', self.num_batches)
-        if self.fast and self.num_batches > per_pass:
-            raise ValueError(f"{self.num_batches} batches of {batch_size} need {self.num_batches * batch_size} patches, the dataset has {len(dataset)}")
+        self.per_pass = max(per_pass, 1)
     def __len__(self) -> int: return self.num_batches
     def indices(self, j: int) -> np.ndarray:
-        "The dataset indices of batch `j`."
-        if self.fast: return np.arange(j * self.batch_size, (j + 1) * self.batch_size)
+        "The dataset indices of batch `j`: consecutive for a fast dataset read once, else a fresh shuffle per pass."
+        if self.fast and self.num_batches <= self.per_pass: return np.arange(j * self.batch_size, (j + 1) * self.batch_size)
         n = len(self.dataset)
-        per_epoch = max(n // self.batch_size, 1)
-        order = np.random.default_rng([self.seed, j // per_epoch]).permutation(n)
-        start = (j % per_epoch) * self.batch_size
+        order = np.random.default_rng([self.seed, j // self.per_pass]).permutation(n)
+        start = (j % self.per_pass) * self.batch_size
         return order[np.arange(start, start + self.batch_size) % n]
     def __getitem__(self, j: int) -> Tensor:
         if not 0 <= j < self.num_batches: raise IndexError(f"batch {j} out of range for {self.num_batches} batches")
