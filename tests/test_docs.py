@@ -8,6 +8,7 @@ from browser import browser
 from docs_preview import ROOT, build_preview
 
 SHOTS = Path(os.environ.get('SELF_SUP_SCREENSHOTS', ROOT / '_preview' / 'screenshots'))
+SCREENSHOT_PAGES = ('index', '04_sinkhorn', '17_methods.distill', '42_viz.attention', '90_repro.single_image')
 
 
 @pytest.fixture(scope='module')
@@ -45,7 +46,7 @@ def test_pages_open_with_images_and_no_errors(pages):
             errors = page.eval_on_selector_all(
                 '.jp-OutputArea-output', "els => els.map(e => e.innerText).filter(t => t.includes('Traceback (most recent call last)'))")
             assert not errors, f'{html.name}: a cell shows an error trace:\n{errors[0][:2000]}'
-            if html.stem in ('index', '04_sinkhorn', '17_methods.distill'):
+            if html.stem in SCREENSHOT_PAGES:
                 page.screenshot(path=str(SHOTS / f'{html.stem}.png'), full_page=False)
 
 
@@ -56,3 +57,14 @@ def test_sidebar_lists_every_notebook_once():
     assert len(listed) == len(set(listed)), 'a notebook is listed twice in nbs/sidebar.yml'
     assert sorted(listed) == present, (f'sidebar without notebook: {sorted(set(listed) - set(present))}; '
                                        f'notebook not in sidebar: {sorted(set(present) - set(listed))}')
+
+
+def test_page_summaries_fit_on_one_line():
+    "nbdev turns the first `> ` line under a notebook's title into the page description; a second line would be cut off."
+    for nb in sorted((ROOT / 'nbs').glob('*.ipynb')):
+        cells = json.loads(nb.read_text())['cells']
+        title = next((''.join(c['source']) for c in cells if c['cell_type'] == 'markdown' and ''.join(c['source']).startswith('# ')), None)
+        assert title is not None, f'{nb.name} has no "# Title" markdown cell'
+        lines = title.split('\n')[1:]
+        summary = [l for l in lines[:next((i for i, l in enumerate(lines) if not l.startswith('>')), len(lines))]]
+        assert len(summary) <= 1, f'{nb.name}: the summary under the title spans {len(summary)} lines; nbdev keeps only the first'
