@@ -19,10 +19,11 @@ from torchvision.ops import roi_align
 from ..core import check_positive, check_in, progress
 
 # %% auto #0
-__all__ = ['VIDEO_EXTENSIONS', 'CACHE_HEADER', 'CACHE_FRAMES', 'BUILTIN_DAVIS_SEQUENCES', 'resized_size', 'open_video',
-           'read_frames', 'video_info', 'write_video', 'is_video_cache', 'read_cache_header', 'clip_frame_indices',
-           'VideoClips', 'default_cache_dir', 'cache_video', 'WalkingTours', 'image_to_tensor', 'zoom_pan_video',
-           'random_box', 'fake_video', 'davis_palette', 'make_builtin_davis', 'builtin_davis', 'DAVIS']
+__all__ = ['VIDEO_EXTENSIONS', 'CACHE_HEADER', 'CACHE_FRAMES', 'CACHE_VERSION', 'BUILTIN_DAVIS_SEQUENCES', 'resized_size',
+           'open_video', 'read_frames', 'video_info', 'write_video', 'is_video_cache', 'read_cache_header',
+           'clip_frame_indices', 'VideoClips', 'default_cache_dir', 'cache_video', 'WalkingTours', 'image_to_tensor',
+           'zoom_pan_video', 'random_box', 'fake_video', 'davis_palette', 'make_builtin_davis', 'builtin_davis',
+           'DAVIS']
 
 # %% ../../nbs/02_data.video.ipynb #b33ff18f
 VIDEO_EXTENSIONS = ('.mp4', '.mkv', '.webm', '.mov', '.avi', '.m4v')
@@ -135,6 +136,7 @@ def write_video(clip: torch.Tensor | np.ndarray, # [T, C, H, W] float in [0, 1] 
 # %% ../../nbs/02_data.video.ipynb #3683d3ef
 CACHE_HEADER = 'header.json'
 CACHE_FRAMES = 'frames.npy'
+CACHE_VERSION = 1 # the layout `cache_video` writes and `VideoClips` reads
 
 def is_video_cache(path: str | Path) -> bool:
     "Whether `path` is a folder written by `cache_video`."
@@ -151,6 +153,9 @@ def read_cache_header(path: str | Path, # a folder written by `cache_video`
     except json.JSONDecodeError as e: raise ValueError(f"video cache header {str(path/CACHE_HEADER)!r} is not valid JSON ({e})") from None
     if header.get('format') != 'self_sup.video_cache':
         raise ValueError(f"{str(path/CACHE_HEADER)!r} is not a self_sup video cache header (format={header.get('format')!r})")
+    if header.get('version') != CACHE_VERSION:
+        raise ValueError(f"video cache {str(path)!r} has layout version {header.get('version')!r}, this version of self_sup reads "
+                         f"version {CACHE_VERSION}; rebuild it with cache_video(..., overwrite=True)")
     frames = path/CACHE_FRAMES
     expected = header['frames'] * header['height'] * header['width'] * 3
     if not frames.is_file(): raise ValueError(f"video cache {str(path)!r} has no {CACHE_FRAMES}")
@@ -309,7 +314,7 @@ def cache_video(path: str | Path, # the (long, high-resolution) video file
             idx = list(range(i * frame_step, min(info['frames'], (i + chunk_frames) * frame_step), frame_step))
             frames[i:i + len(idx)] = read_frames(reader, idx, path).transpose(0, 3, 1, 2)
         frames.flush(); del frames, reader
-        header = dict(format='self_sup.video_cache', version=1, frames=n, height=h, width=w, channels=3, dtype='uint8',
+        header = dict(format='self_sup.video_cache', version=CACHE_VERSION, frames=n, height=h, width=w, channels=3, dtype='uint8',
                       layout='NCHW', fps=info['fps'] / frame_step, source_fps=info['fps'], source_frames=info['frames'],
                       source_height=info['height'], source_width=info['width'], **source,
                       seconds_to_build=round(time.perf_counter() - started, 2))
