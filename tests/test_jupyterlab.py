@@ -79,5 +79,7 @@ def test_tutorial_runs_in_jupyterlab(lab):
         assert page.locator(f'{PANEL} .jp-OutputArea-output img').count() >= 1, 'no figure rendered'
         assert page.locator('.jupyter-widgets .widget-slider, .jupyter-widgets.widget-slider, .widget-hslider').count() >= 1, \
             'no interactive widget (slider) rendered'
+        page.locator('.widget-slider, .widget-hslider').first.scroll_into_view_if_needed()   # the picture shows a live explorer
+        page.wait_for_timeout(500)
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / 'jupyterlab.png'))
