@@ -19,10 +19,10 @@ from torch.utils.data import Dataset
 from ..core import check_in, check_positive, check_range, progress
 
 # %% auto #0
-__all__ = ['SAMPLE_IMAGES', 'NOISE_SIZE', 'DIGIT_PHOTOS', 'IMAGE_EXTENSIONS', 'sample_image', 'load_image', 'as_rgb_image',
-           'mnist5k', 'mnist_m_blend', 'photo_crops', 'BuiltinDigits', 'ImageFolder', 'write_cifar', 'CIFAR10',
-           'CIFAR100', 'ImageNetFolder', 'index_uniforms', 'rgb_to_hsv', 'hsv_to_rgb', 'color_jitter_batch',
-           'SingleImagePatches', 'PatchFolder', 'image_complexity']
+__all__ = ['SAMPLE_IMAGES', 'NOISE_SIZE', 'DIGIT_PHOTOS', 'IMAGE_EXTENSIONS', 'PRETRAINING_DATASETS', 'sample_image',
+           'load_image', 'as_rgb_image', 'mnist5k', 'mnist_m_blend', 'photo_crops', 'BuiltinDigits', 'ImageFolder',
+           'write_cifar', 'CIFAR10', 'CIFAR100', 'ImageNetFolder', 'pretraining_images', 'index_uniforms', 'rgb_to_hsv',
+           'hsv_to_rgb', 'color_jitter_batch', 'SingleImagePatches', 'PatchFolder', 'image_complexity']
 
 # %% ../../nbs/01_data.images.ipynb #2888e77f
 SAMPLE_IMAGES: list[str] = ['astronaut', 'chelsea', 'coffee', 'rocket', 'hubble_deep_field', 'immunohistochemistry',
@@ -352,6 +352,24 @@ class ImageNetFolder(ImageFolder):
         mapping = root/'LOC_synset_mapping.txt'
         names = dict(line.strip().split(' ', 1) for line in mapping.read_text().splitlines() if ' ' in line.strip()) if mapping.is_file() else {}
         self.class_names = [names.get(w, w) for w in self.classes]
+
+# %% ../../nbs/01_data.images.ipynb #a2e8e952
+PRETRAINING_DATASETS = {'digits': 'nothing (built in)', 'cifar10': 'cifar-10-batches-py/ (the python version, extracted)',
+                        'imagenet': 'train/<wnid>/*.JPEG', 'folder': 'one sub-folder of images per class'}
+
+def pretraining_images(dataset: str, # 'digits' (built-in digits on photos), 'cifar10', 'imagenet' or 'folder'
+                       data_path: str | os.PathLike | None = None, # the dataset's root folder (not needed for 'digits')
+                       split: str = 'train', # 'train' or the held-out split ('test' for CIFAR-10 and digits, 'val' for ImageNet)
+                       transform: Callable | None = None, # applied to each image (a method's views)
+                      ) -> Dataset:
+    "The images a pretraining method reads, items `(transform(image), label)`, from the loader `dataset` names."
+    check_in('dataset', dataset, list(PRETRAINING_DATASETS))
+    if dataset == 'digits': return BuiltinDigits(split, 'photo', transform=transform)
+    if data_path is None:
+        raise ValueError(f"data_path is required for dataset={dataset!r}: the folder holding {PRETRAINING_DATASETS[dataset]}")
+    if dataset == 'cifar10': return CIFAR10(data_path, split, transform=transform)
+    if dataset == 'imagenet': return ImageNetFolder(data_path, split, transform=transform)
+    return ImageFolder(data_path, transform=transform)
 
 # %% ../../nbs/01_data.images.ipynb #49a0a889
 _GOLDEN, _MIX1, _MIX2, _STREAM = (np.uint64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD1B54A32D192ED03))

@@ -324,17 +324,8 @@ def rotnet_dataset(config: RotNetConfig, # the recipe
                   ):
     "The images of `config.dataset` (items `(image, label)`; RotNet ignores the label)."
     transform = rotnet_transform(config, train=split == 'train') if transform is None else transform
-    if config.dataset == 'digits':
-        from self_sup.data.images import BuiltinDigits
-        return BuiltinDigits(split, 'photo', transform=transform)
-    if config.data_path is None:
-        where = {'cifar10': 'cifar-10-batches-py/ (the python version, extracted)', 'imagenet': 'train/<wnid>/*.JPEG',
-                 'folder': 'one sub-folder of images per class'}[config.dataset]
-        raise ValueError(f"data_path is required for dataset={config.dataset!r}: the folder holding {where}")
-    from self_sup.data.images import CIFAR10, ImageFolder, ImageNetFolder
-    if config.dataset == 'cifar10': return CIFAR10(config.data_path, split, transform=transform)
-    if config.dataset == 'imagenet': return ImageNetFolder(config.data_path, split, transform=transform)
-    return ImageFolder(config.data_path, transform=transform)
+    from self_sup.data.images import pretraining_images
+    return pretraining_images(config.dataset, config.data_path, split, transform)
 
 def train_config(config: RotNetConfig, # the recipe
                 ) -> TrainConfig:

@@ -334,15 +334,8 @@ def swav_dataset(config: SwAVConfig, # the recipe
                 ):
     "The training images of `config.dataset`, each item `(crops, label)`."
     transform = swav_transform(config) if transform is None else transform
-    if config.dataset == 'digits':
-        from self_sup.data.images import BuiltinDigits
-        return BuiltinDigits('train', 'photo', transform=transform)
-    if config.data_path is None:
-        raise ValueError(f"data_path is required for dataset={config.dataset!r}: the folder holding "
-                         + ("train/<wnid>/*.JPEG" if config.dataset == 'imagenet' else "one sub-folder of images per class"))
-    from self_sup.data.images import ImageFolder, ImageNetFolder
-    if config.dataset == 'imagenet': return ImageNetFolder(config.data_path, 'train', transform=transform)
-    return ImageFolder(config.data_path, transform=transform)
+    from self_sup.data.images import pretraining_images
+    return pretraining_images(config.dataset, config.data_path, 'train', transform)
 
 def train_config(config: SwAVConfig, # the recipe
                 ) -> TrainConfig:
