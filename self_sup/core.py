@@ -13,8 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['check_positive', 'check_in', 'check_range', 'seed_everything', 'rng_state', 'set_rng_state', 'get_device',
-           'save_checkpoint', 'load_checkpoint', 'progress']
+__all__ = ['check_positive', 'check_in', 'check_range', 'check_int', 'check_fraction_pair', 'seed_everything', 'rng_state',
+           'set_rng_state', 'get_device', 'save_checkpoint', 'load_checkpoint', 'progress']
 
 # %% ../nbs/00_core.ipynb #017a829b
 def check_positive(name: str, # the argument's name, as the user typed it
@@ -49,6 +49,25 @@ def check_range(name: str, # the argument's name
     if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool) or not (low <= value <= high):
         raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}")
     return value
+
+# %% ../nbs/00_core.ipynb #e972c458
+def check_int(name: str, # the argument's name
+              value: int, # the value to check
+              minimum: int = 1, # smallest allowed value
+             ) -> int:
+    "Raise a `ValueError` naming `name` unless `value` is an integer (not a bool) >= `minimum`; returns it as `int`."
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+def check_fraction_pair(name: str, # the argument's name
+                        value: tuple[float, float], # (low, high), e.g. a crop's area range
+                       ) -> tuple[float, float]:
+    "Raise a `ValueError` naming `name` unless `value` is two numbers with 0 < low <= high <= 1; returns them as floats."
+    try: lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError): raise ValueError(f"{name} must be two numbers (low, high), got {value!r}") from None
+    if not 0 < lo <= hi <= 1: raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {value!r}")
+    return (lo, hi)
 
 # %% ../nbs/00_core.ipynb #0e49e748
 def seed_everything(seed: int, # any integer

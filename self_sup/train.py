@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from torch.nn.parallel import DistributedDataParallel
 
-from .core import (check_in, check_positive, check_range, get_device, load_checkpoint, progress, rng_state,
+from .core import (check_in, check_positive, check_range, get_device, load_checkpoint, progress, rng_state, check_int,
                            save_checkpoint, seed_everything, set_rng_state)
 from .distributed import all_reduce_mean, barrier, get_rank, get_world_size, init_distributed, is_distributed
 
@@ -29,11 +29,6 @@ __all__ = ['OPTIMIZERS', 'PRECISIONS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'cosi
 # %% ../nbs/06_train.ipynb #971698be
 OPTIMIZERS = ('adamw', 'sgd', 'lars')
 PRECISIONS = ('32', 'bf16', 'fp16')
-
-def _check_int(name: str, value, minimum: int = 1):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 @dataclass
 class TrainConfig:
@@ -69,12 +64,12 @@ class TrainConfig:
     sync_batchnorm: bool = False # convert BatchNorm to SyncBatchNorm when distributed
 
     def __post_init__(self):
-        _check_int('epochs', self.epochs); _check_int('batch_size', self.batch_size)
-        _check_int('accumulate_steps', self.accumulate_steps); _check_int('log_every', self.log_every)
-        _check_int('checkpoint_every', self.checkpoint_every, 0); _check_int('num_workers', self.num_workers, 0)
-        _check_int('seed', self.seed, 0)
-        if self.max_steps is not None: _check_int('max_steps', self.max_steps)
-        if self.lr_reference_batch is not None: _check_int('lr_reference_batch', self.lr_reference_batch)
+        check_int('epochs', self.epochs); check_int('batch_size', self.batch_size)
+        check_int('accumulate_steps', self.accumulate_steps); check_int('log_every', self.log_every)
+        check_int('checkpoint_every', self.checkpoint_every, 0); check_int('num_workers', self.num_workers, 0)
+        check_int('seed', self.seed, 0)
+        if self.max_steps is not None: check_int('max_steps', self.max_steps)
+        if self.lr_reference_batch is not None: check_int('lr_reference_batch', self.lr_reference_batch)
         check_in('optimizer', self.optimizer, OPTIMIZERS)
         self.precision = str(self.precision)
         check_in('precision', self.precision, PRECISIONS)
@@ -99,7 +94,7 @@ def cosine_schedule(step: int | np.ndarray, # the step(s) to evaluate, 0-based
                     warmup_start: float = 0.0, # value at step 0 when there is a warm-up
                    ) -> float | np.ndarray:
     "The value at `step` of a linear warm-up followed by a half-cosine from `start` to `end` (DINO's schedule)."
-    _check_int('total_steps', total_steps); _check_int('warmup_steps', warmup_steps, 0)
+    check_int('total_steps', total_steps); check_int('warmup_steps', warmup_steps, 0)
     s = np.asarray(step, dtype=np.float64)
     frac = s / (warmup_steps - 1) if warmup_steps > 1 else np.zeros_like(s)
     warm = warmup_start + (start - warmup_start) * frac

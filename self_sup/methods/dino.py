@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..augment import MultiCropTransform
-from ..core import check_in, check_positive, check_range
+from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
 from ..losses import DINOLoss, collapse_report, dino_teacher_probs
 from ..models import Backbone, DINOHead, create_backbone, param_groups_weight_decay
 from ..train import Trainer, TrainConfig, ema_update, linear_schedule
@@ -82,31 +82,22 @@ class DINOConfig:
         check_in('precision', self.precision, ['32', 'bf16', 'fp16'])
         for name in ('global_size', 'local_size', 'out_dim', 'hidden_dim', 'bottleneck_dim', 'epochs', 'batch_size',
                      'checkpoint_every', 'log_every'):
-            _check_int(name, getattr(self, name), 0 if name == 'checkpoint_every' else 1)
+            check_int(name, getattr(self, name), 0 if name == 'checkpoint_every' else 1)
         for name in ('n_local', 'warmup_teacher_temp_epochs', 'freeze_last_layer', 'num_workers', 'seed', 'collapse_check_every'):
-            _check_int(name, getattr(self, name), 0)
+            check_int(name, getattr(self, name), 0)
         for name in ('patch_size', 'depth', 'max_steps'):
-            if getattr(self, name) is not None: _check_int(name, getattr(self, name), 1)
+            if getattr(self, name) is not None: check_int(name, getattr(self, name), 1)
         for name in ('teacher_temp', 'warmup_teacher_temp', 'student_temp', 'lr'): check_positive(name, getattr(self, name))
         for name in ('min_lr', 'warmup_epochs', 'weight_decay', 'weight_decay_end', 'clip_grad'): check_positive(name, getattr(self, name), allow_zero=True)
         check_range('drop_path_rate', self.drop_path_rate, 0, 1)
         check_range('center_momentum', self.center_momentum, 0, 1)
         check_range('momentum_teacher', self.momentum_teacher, 0, 1)
-        self.global_scale = _check_scale('global_scale', self.global_scale)
-        self.local_scale = _check_scale('local_scale', self.local_scale)
+        self.global_scale = check_fraction_pair('global_scale', self.global_scale)
+        self.local_scale = check_fraction_pair('local_scale', self.local_scale)
         if self.dataset != 'digits' and self.data_path is not None and not isinstance(self.data_path, str):
             self.data_path = str(self.data_path)
 
-def _check_int(name: str, value, minimum: int):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
-def _check_scale(name: str, value) -> tuple[float, float]:
-    try: lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError): raise ValueError(f"{name} must be two numbers (low, high), got {value!r}") from None
-    if not 0 < lo <= hi <= 1: raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {value!r}")
-    return (lo, hi)
 
 # %% ../../nbs/14_methods.dino.ipynb #bdc265ef
 @dataclass
@@ -339,7 +330,7 @@ def measure_training(config: DINOConfig, # the recipe (its `max_steps` and `out_
                     ) -> dict:
     "Train `warmup + steps` steps of `config`; images/s over the timed steps, peak GPU memory, the losses."
     import json, platform
-    _check_int('steps', steps, 1); _check_int('warmup', warmup, 1)
+    check_int('steps', steps, 1); check_int('warmup', warmup, 1)
     stamps, losses = [], []
     def record(t):
         stamps.append(time.perf_counter()); losses.append(t.metrics['loss'])

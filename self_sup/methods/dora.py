@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..augment import MultiCropTransform
-from ..core import check_in, check_positive, check_range
+from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
 from ..losses import DINOLoss, dino_loss, dino_teacher_probs
 from .dora_tracking import ObjectTracks, choose_heads, masked_clips, track_clip_objects
 from ..models import Backbone, DINOHead, create_backbone, param_groups_weight_decay
@@ -262,11 +262,11 @@ class DoRAConfig:
         check_in('precision', self.precision, ['32', 'bf16', 'fp16'])
         for name in ('cache_short_side', 'cache_frame_step', 'frames_per_clip', 'stride', 'pre_size', 'global_size', 'local_size',
                      'out_dim', 'hidden_dim', 'bottleneck_dim', 'n_objects', 'sinkhorn_iters', 'epochs', 'batch_size', 'log_every'):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         for name in ('n_local', 'warmup_teacher_temp_epochs', 'freeze_last_layer', 'num_workers', 'seed', 'checkpoint_every'):
-            _check_int(name, getattr(self, name), 0)
+            check_int(name, getattr(self, name), 0)
         for name in ('patch_size', 'depth', 'max_steps'):
-            if getattr(self, name) is not None: _check_int(name, getattr(self, name), 1)
+            if getattr(self, name) is not None: check_int(name, getattr(self, name), 1)
         if self.n_local < 1: raise ValueError(f"n_local must be at least 1 (the loss needs local crops), got {self.n_local}")
         if self.stride % self.cache_frame_step:
             raise ValueError(f"stride={self.stride} must be a multiple of cache_frame_step={self.cache_frame_step}")
@@ -275,23 +275,12 @@ class DoRAConfig:
         check_range('drop_path_rate', self.drop_path_rate, 0, 1)
         check_range('center_momentum', self.center_momentum, 0, 1)
         check_range('momentum_teacher', self.momentum_teacher, 0, 1)
-        for name in ('pre_scale', 'global_scale', 'local_scale'): setattr(self, name, _check_scale(name, getattr(self, name)))
+        for name in ('pre_scale', 'global_scale', 'local_scale'): setattr(self, name, check_fraction_pair(name, getattr(self, name)))
         if not str(self.backbone).startswith('vit'):
             raise ValueError(f"backbone must be a ViT (DoRA's tracking head reads its attention), got {self.backbone!r}")
         if self.video is not None: self.video = str(self.video)
         if self.global_size > self.pre_size or self.local_size > self.pre_size:
             raise ValueError(f"global_size ({self.global_size}) and local_size ({self.local_size}) must not exceed pre_size ({self.pre_size})")
-
-def _check_int(name: str, value, minimum: int):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-def _check_scale(name: str, value) -> tuple[float, float]:
-    try: lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError): raise ValueError(f"{name} must be two numbers (low, high), got {value!r}") from None
-    if not 0 < lo <= hi <= 1: raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {value!r}")
-    return (lo, hi)
 
 DORA_CPU_PRESET = dict(
     video='bikes', cache_short_side=72, frames_per_clip=4, stride=8, pre_size=64, global_size=48, n_local=2, local_size=24,

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..augment import MultiCropTransform, SimCLRTransform
-from ..core import check_in, check_positive, check_range
+from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
 from ..distributed import all_gather_no_grad, get_rank, get_world_size
 from ..models import ProjectionMLP, create_backbone
 from ..train import Trainer, TrainConfig, ema_update
@@ -146,27 +146,18 @@ class MoCoConfig:
         self.precision = str(self.precision)
         check_in('precision', self.precision, ['32', 'bf16', 'fp16'])
         for name in ('image_size', 'hidden_dim', 'out_dim', 'projector_layers', 'bn_splits', 'epochs', 'batch_size', 'log_every'):
-            _check_int(name, getattr(self, name), 1)
-        for name in ('queue_size', 'num_workers', 'seed', 'checkpoint_every'): _check_int(name, getattr(self, name), 0)
-        if self.max_steps is not None: _check_int('max_steps', self.max_steps, 1)
+            check_int(name, getattr(self, name), 1)
+        for name in ('queue_size', 'num_workers', 'seed', 'checkpoint_every'): check_int(name, getattr(self, name), 0)
+        if self.max_steps is not None: check_int('max_steps', self.max_steps, 1)
         if self.version == 'v2' and self.queue_size < 1:
             raise ValueError(f"queue_size must be an integer >= 1 for version='v2' (the queue holds its negatives), got {self.queue_size!r}")
         for name in ('temperature', 'lr'): check_positive(name, getattr(self, name))
         for name in ('final_lr', 'warmup_epochs', 'weight_decay'): check_positive(name, getattr(self, name), allow_zero=True)
         check_range('momentum', self.momentum, 0, 1)
-        self.crop_scale = _check_scale('crop_scale', self.crop_scale)
+        self.crop_scale = check_fraction_pair('crop_scale', self.crop_scale)
         if self.data_path is not None: self.data_path = str(self.data_path)
 
-def _check_int(name: str, value, minimum: int):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
-def _check_scale(name: str, value) -> tuple[float, float]:
-    try: lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError): raise ValueError(f"{name} must be two numbers (low, high), got {value!r}") from None
-    if not 0 < lo <= hi <= 1: raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {value!r}")
-    return (lo, hi)
 
 # %% ../../nbs/12_methods.moco.ipynb #9f5be12d
 PAPER_RECIPES = {
@@ -246,7 +237,7 @@ class MoCo(nn.Module):
             raise TypeError(f"backbone must be a self_sup.models.Backbone (with embed_dim), got {type(backbone).__name__}")
         self.version = check_in('version', version, ['v2', 'v3'])
         v3 = version == 'v3'
-        _check_int('bn_splits', bn_splits, 1)
+        check_int('bn_splits', bn_splits, 1)
         head = ProjectionMLP(backbone.embed_dim, hidden_dim, out_dim, n_layers=projector_layers, batch_norm=v3, last_batch_norm=v3)
         self.encoder = nn.Sequential(OrderedDict(backbone=backbone, head=head))
         self.predictor = ProjectionMLP(out_dim, hidden_dim, out_dim, n_layers=2, batch_norm=True, last_batch_norm=True) if v3 else None
@@ -257,7 +248,7 @@ class MoCo(nn.Module):
         self.shuffle_bn, self.bn_splits, self.shuffle_seed = shuffle_bn and not v3, bn_splits, shuffle_seed
         self._shuffle_count = 0
         if not v3:
-            _check_int('queue_size', queue_size, 1)
+            check_int('queue_size', queue_size, 1)
             self.register_buffer('queue', F.normalize(torch.randn(queue_size, out_dim), dim=1))
             self.register_buffer('queue_pointer', torch.zeros((), dtype=torch.long))
 

@@ -15,7 +15,7 @@ import torchvision.transforms.v2 as v2
 from torch import Tensor, nn
 
 from ..augment import IMAGENET_MEAN, IMAGENET_STD, rotations
-from ..core import check_in, check_positive, check_range
+from ..core import check_in, check_positive, check_range, check_int
 from ..models import create_backbone
 from ..train import Trainer, TrainConfig
 
@@ -28,11 +28,6 @@ __all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'DATASETS', 'CPU_PRESET', 'RotNetConfi
 CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)   # the normalisation of RotNet's CIFAR code
 CIFAR10_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 DATASETS = ('cifar10', 'imagenet', 'folder', 'digits')
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 def _check_stats(name: str, value, positive: bool = False) -> tuple[float, ...]:
     try: v = tuple(float(x) for x in value)
@@ -91,10 +86,10 @@ class RotNetConfig:
         check_in('lr_schedule', self.lr_schedule, ['step', 'cosine'])
         self.precision = str(self.precision)
         check_in('precision', self.precision, ['32', 'bf16', 'fp16'])
-        for name in ('image_size', 'nin_blocks', 'nin_width', 'epochs', 'batch_size', 'log_every'): _check_int(name, getattr(self, name), 1)
-        for name in ('crop_padding', 'num_workers', 'seed', 'checkpoint_every'): _check_int(name, getattr(self, name), 0)
+        for name in ('image_size', 'nin_blocks', 'nin_width', 'epochs', 'batch_size', 'log_every'): check_int(name, getattr(self, name), 1)
+        for name in ('crop_padding', 'num_workers', 'seed', 'checkpoint_every'): check_int(name, getattr(self, name), 0)
         for name in ('resize', 'max_steps'):
-            if getattr(self, name) is not None: _check_int(name, getattr(self, name), 1)
+            if getattr(self, name) is not None: check_int(name, getattr(self, name), 1)
         if self.backbone == 'nin' and self.nin_blocks < 3:
             raise ValueError(f"nin_blocks must be an integer >= 3 (the paper's NIN has 3, 4 or 5 blocks), got {self.nin_blocks!r}")
         check_positive('lr', self.lr)
@@ -128,7 +123,7 @@ class NetworkInNetwork(nn.Module):
                  width: int = 192, # channels of the wide layers (the paper: 192; the narrow ones are 160/192 and 96/192 of it)
                 ):
         super().__init__()
-        _check_int('in_chans', in_chans, 1); _check_int('n_blocks', n_blocks, 3); _check_int('width', width, 2)
+        check_int('in_chans', in_chans, 1); check_int('n_blocks', n_blocks, 3); check_int('width', width, 2)
         w1, w2, w3 = width, max(1, round(width * 160 / 192)), max(1, round(width * 96 / 192))
         blocks = [nn.Sequential(_conv_bn_relu(in_chans, w1, 5), _conv_bn_relu(w1, w2, 1), _conv_bn_relu(w2, w3, 1), nn.MaxPool2d(3, 2, 1)),
                   nn.Sequential(_conv_bn_relu(w3, w1, 5), _conv_bn_relu(w1, w1, 1), _conv_bn_relu(w1, w1, 1), nn.AvgPool2d(3, 2, 1))]
@@ -279,7 +274,7 @@ class IntermediateFeatures(nn.Module):
         if unknown or not self.layers:
             raise ValueError(f"layers {unknown or self.layers} are not modules of {type(network).__name__}; names look like "
                              f"{[n for n in modules if n][:8]}")
-        if pool is not None: _check_int('pool', pool, 1)
+        if pool is not None: check_int('pool', pool, 1)
         self.pool, self.dims = pool, None
 
     def forward(self, x: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ import torchvision.transforms.v2 as v2
 from torch import Tensor, nn
 
 from ..augment import IMAGENET_MEAN, IMAGENET_STD, SimCLRTransform
-from ..core import check_in, check_positive, check_range
+from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
 from ..distributed import all_gather_with_grad, get_rank, get_world_size
 from ..models import ProjectionMLP, create_backbone
 from ..train import Trainer, TrainConfig
@@ -26,17 +26,6 @@ __all__ = ['DATASETS', 'PAPER_RECIPE', 'CPU_PRESET', 'SimCLRConfig', 'nt_xent_lo
 
 # %% ../../nbs/11_methods.simclr.ipynb #818b15c8
 DATASETS = ('imagenet', 'folder', 'cifar10', 'digits')
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-def _check_scale(name: str, value) -> tuple[float, float]:
-    try: lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError): raise ValueError(f"{name} must be two numbers (low, high), got {value!r}") from None
-    if not 0 < lo <= hi <= 1: raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {value!r}")
-    return (lo, hi)
 
 @dataclass
 class SimCLRConfig:
@@ -88,17 +77,17 @@ class SimCLRConfig:
         check_in('optimizer', self.optimizer, ['lars', 'sgd', 'adamw'])
         self.precision = str(self.precision)
         check_in('precision', self.precision, ['32', 'bf16', 'fp16'])
-        for name in ('image_size', 'proj_dim', 'proj_layers', 'epochs', 'batch_size', 'log_every'): _check_int(name, getattr(self, name), 1)
-        for name in ('num_workers', 'seed', 'checkpoint_every'): _check_int(name, getattr(self, name), 0)
+        for name in ('image_size', 'proj_dim', 'proj_layers', 'epochs', 'batch_size', 'log_every'): check_int(name, getattr(self, name), 1)
+        for name in ('num_workers', 'seed', 'checkpoint_every'): check_int(name, getattr(self, name), 0)
         for name in ('proj_hidden_dim', 'max_steps'):
-            if getattr(self, name) is not None: _check_int(name, getattr(self, name), 1)
+            if getattr(self, name) is not None: check_int(name, getattr(self, name), 1)
         check_positive('temperature', self.temperature)
         check_positive('lr', self.lr)
         for name in ('min_lr', 'warmup_epochs', 'weight_decay'): check_positive(name, getattr(self, name), allow_zero=True)
         check_range('color_strength', self.color_strength, 0, 2.5)
         check_range('momentum', self.momentum, 0, 1)
         if self.blur_p is not None: check_range('blur_p', self.blur_p, 0, 1)
-        self.crop_scale = _check_scale('crop_scale', self.crop_scale)
+        self.crop_scale = check_fraction_pair('crop_scale', self.crop_scale)
         if self.data_path is not None: self.data_path = str(self.data_path)
 
 # %% ../../nbs/11_methods.simclr.ipynb #cd182b8a

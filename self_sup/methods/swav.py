@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..augment import MultiCropTransform
-from ..core import check_in, check_positive
+from ..core import check_in, check_positive, check_fraction_pair, check_int
 from ..distributed import all_gather_no_grad, get_rank, get_world_size
 from ..losses import CollapseReport, collapse_report
 from ..models import ProjectionMLP, Prototypes, create_backbone
@@ -142,27 +142,18 @@ class SwAVConfig:
         self.precision = str(self.precision)
         check_in('precision', self.precision, ['32', 'bf16', 'fp16'])
         for name in ('global_size', 'local_size', 'out_dim', 'n_prototypes', 'sinkhorn_iterations', 'epochs', 'batch_size', 'log_every'):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         for name in ('n_local', 'hidden_dim', 'freeze_prototypes_niters', 'queue_length', 'epoch_queue_starts', 'num_workers',
                      'seed', 'checkpoint_every'):
-            _check_int(name, getattr(self, name), 0)
-        if self.max_steps is not None: _check_int('max_steps', self.max_steps, 1)
+            check_int(name, getattr(self, name), 0)
+        if self.max_steps is not None: check_int('max_steps', self.max_steps, 1)
         for name in ('temperature', 'epsilon', 'lr'): check_positive(name, getattr(self, name))
         for name in ('final_lr', 'warmup_epochs', 'warmup_lr', 'weight_decay'): check_positive(name, getattr(self, name), allow_zero=True)
-        self.global_scale = _check_scale('global_scale', self.global_scale)
-        self.local_scale = _check_scale('local_scale', self.local_scale)
+        self.global_scale = check_fraction_pair('global_scale', self.global_scale)
+        self.local_scale = check_fraction_pair('local_scale', self.local_scale)
         if self.data_path is not None: self.data_path = str(self.data_path)
 
-def _check_int(name: str, value, minimum: int):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
-def _check_scale(name: str, value) -> tuple[float, float]:
-    try: lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError): raise ValueError(f"{name} must be two numbers (low, high), got {value!r}") from None
-    if not 0 < lo <= hi <= 1: raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {value!r}")
-    return (lo, hi)
 
 # %% ../../nbs/13_methods.swav.ipynb #f02ee390
 _SHARED = dict(dataset='imagenet', global_size=224, global_scale=(0.14, 1.0), n_local=6, local_size=96, local_scale=(0.05, 0.14),
@@ -208,13 +199,13 @@ class SwAV(nn.Module):
         if not isinstance(backbone, nn.Module) or not hasattr(backbone, 'embed_dim'):
             raise TypeError(f"backbone must be a self_sup.models.Backbone (with embed_dim), got {type(backbone).__name__}")
         for name, v in (('hidden_dim', hidden_dim), ('freeze_prototypes_niters', freeze_prototypes_niters), ('queue_length', queue_length),
-                        ('epoch_queue_starts', epoch_queue_starts), ('collapse_check_every', collapse_check_every)): _check_int(name, v, 0)
+                        ('epoch_queue_starts', epoch_queue_starts), ('collapse_check_every', collapse_check_every)): check_int(name, v, 0)
         self.backbone = backbone
         self.projector = (ProjectionMLP(backbone.embed_dim, hidden_dim, out_dim, n_layers=2, batch_norm=True) if hidden_dim
                           else nn.Linear(backbone.embed_dim, out_dim))
         self.prototypes = Prototypes(out_dim, n_prototypes)
         self.temperature, self.epsilon = check_positive('temperature', temperature), check_positive('epsilon', epsilon)
-        self.sinkhorn_iterations = _check_int('sinkhorn_iterations', sinkhorn_iterations, 1)
+        self.sinkhorn_iterations = check_int('sinkhorn_iterations', sinkhorn_iterations, 1)
         self.assign_crops = [int(a) for a in assign_crops]
         if not self.assign_crops or len(set(self.assign_crops)) != len(self.assign_crops):
             raise ValueError(f"assign_crops must be distinct crop indices, got {assign_crops!r}")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..augment import ViewTransform
-from ..core import check_in, check_positive, check_range
+from ..core import check_in, check_positive, check_range, check_int
 from ..models import Backbone, Prototypes, create_backbone, freeze_all_but_last_blocks, param_groups_weight_decay
 from ..propagation import TIMETUNING_RADIUS, check_propagation_options, onehot_to_labels, propagate_labels_batched
 from ..sinkhorn import SINKHORN_PRESETS, sinkhorn_knopp
@@ -273,11 +273,11 @@ class TimeTuningConfig:
         self.precision = str(self.precision)
         check_in('precision', self.precision, ['32', 'bf16', 'fp16'])
         for name in ('cache_short_side', 'crop_size', 'n_prototypes', 'sinkhorn_iters', 'topk', 'epochs', 'batch_size', 'log_every'):
-            _check_int(name, getattr(self, name), 1)
-        _check_int('frames_per_clip', self.frames_per_clip, 2); _check_int('stride', self.stride, 1)
-        for name in ('n_trainable_blocks', 'n_context', 'radius', 'num_workers', 'seed', 'checkpoint_every'): _check_int(name, getattr(self, name), 0)
+            check_int(name, getattr(self, name), 1)
+        check_int('frames_per_clip', self.frames_per_clip, 2); check_int('stride', self.stride, 1)
+        for name in ('n_trainable_blocks', 'n_context', 'radius', 'num_workers', 'seed', 'checkpoint_every'): check_int(name, getattr(self, name), 0)
         for name in ('patch_size', 'depth', 'max_steps'):
-            if getattr(self, name) is not None: _check_int(name, getattr(self, name), 1)
+            if getattr(self, name) is not None: check_int(name, getattr(self, name), 1)
         self.head_dims = tuple(self.head_dims)
         if not self.head_dims or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in self.head_dims):
             raise ValueError(f"head_dims must be a non-empty list of positive integers, got {self.head_dims!r}")
@@ -292,11 +292,6 @@ class TimeTuningConfig:
         if self.weights is not None and not Path(self.weights).is_file():
             raise FileNotFoundError(f"weights {self.weights!r} does not exist (a local checkpoint of the pretrained backbone is expected)")
         if self.video is not None: self.video = str(self.video)
-
-def _check_int(name: str, value, minimum: int):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 TIMETUNING_CPU_PRESET = dict(
     video='bikes', cache_short_side=72, stride=4, crop_size=64, crop_scale=(0.4, 1.0), backbone='vit_tiny_patch16', patch_size=8,
