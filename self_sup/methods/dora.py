@@ -15,13 +15,14 @@ from torch import Tensor, nn
 from ..augment import MultiCropTransform
 from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
 from ..losses import DINOLoss, dino_loss, dino_teacher_probs
+from .dino import teacher_copy
 from .dora_tracking import ObjectTracks, choose_heads, masked_clips, track_clip_objects
 from ..models import Backbone, DINOHead, create_backbone, param_groups_weight_decay
 from ..train import Trainer, TrainConfig, ema_update, linear_schedule
 
 # %% auto #0
-__all__ = ['DORA_CPU_PRESET', 'dora_loss', 'BackboneWithHead', 'frozen_copy', 'DoRA', 'DoRAConfig', 'dora_transform',
-           'resolve_video', 'dora_dataset', 'train_config', 'make_trainer', 'train']
+__all__ = ['DORA_CPU_PRESET', 'dora_loss', 'BackboneWithHead', 'DoRA', 'DoRAConfig', 'dora_transform', 'resolve_video',
+           'dora_dataset', 'train_config', 'make_trainer', 'train']
 
 # %% ../../nbs/15_methods.dora.ipynb #4d84049e
 def dora_loss(teacher_out: Tensor, # [B*T, K] teacher logits of every frame of the global clips
@@ -59,15 +60,6 @@ class BackboneWithHead(nn.Module):
         "Head outputs `[N, K]`."
         return self.head(self.backbone(images))
 
-def frozen_copy(network: nn.Module, # the student
-               ) -> nn.Module:
-    "A deep copy of `network` without stochastic depth or dropout and with `requires_grad=False` (the EMA teacher)."
-    teacher = copy.deepcopy(network)
-    for m in teacher.modules():
-        if hasattr(m, 'drop_prob'): m.drop_prob = 0.0            # timm's DropPath
-        if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d)): m.p = 0.0
-    return teacher.requires_grad_(False)
-
 # %% ../../nbs/15_methods.dora.ipynb #8adb2187
 class DoRA(nn.Module):
     "DoRA: DINO on video clips whose student sees the clip masked to each object the teacher discovers and tracks."
@@ -96,7 +88,7 @@ class DoRA(nn.Module):
                             f"got {getattr(backbone, 'name', type(backbone).__name__)}")
         if use_tracking_masks: choose_heads(backbone.num_heads, n_objects)   # checks n_objects against the heads now
         self.student = BackboneWithHead(backbone, DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer))
-        self.teacher = frozen_copy(self.student)
+        self.teacher = teacher_copy(self.student)
         self.loss_fn = DINOLoss(out_dim, n_global=1, teacher_temp=warmup_teacher_temp, student_temp=student_temp,
                                 center_momentum=center_momentum, exclude_same_view=False)
         self.n_objects, self.use_tracking_masks = n_objects, use_tracking_masks
