@@ -24,7 +24,7 @@ from .distributed import all_reduce_mean, barrier, get_rank, get_world_size, ini
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'PRECISIONS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'cosine_schedule', 'linear_schedule', 'ema_update',
            'weight_decay_groups', 'LARS', 'make_optimizer', 'to_device', 'epoch_batches', 'sample_seed',
-           'SeededSamples', 'MetricsCSV', 'read_metrics', 'Trainer', 'plot_metrics']
+           'SeededSamples', 'MetricsCSV', 'read_metrics', 'Trainer', 'plot_metrics', 'measure_training']
 
 # %% ../nbs/06_train.ipynb #971698be
 OPTIMIZERS = ('adamw', 'sgd', 'lars')
@@ -615,3 +615,36 @@ def plot_metrics(metrics: str | Path | dict, # a metrics.csv path or what `read_
     for ax in axs.ravel()[len(keys):]: ax.set_visible(False)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/06_train.ipynb #cad89bfa
+def measure_training(config, # a method's config dataclass (its `max_steps`, `out_dir` and `resume` are replaced)
+                     make_trainer: Callable, # the method's `make_trainer(config, callbacks)`
+                     steps: int = 300, # timed optimiser steps
+                     warmup: int = 20, # untimed steps first (at least 1)
+                     out: str | os.PathLike | None = None, # a JSON file to write the figures to
+                     command: str | None = None, # the command line to record with the figures
+                    ) -> dict:
+    "Train `warmup + steps` steps of `config`: images/s over the timed steps, peak memory, every loss."
+    import platform, resource
+    check_int('steps', steps, 1); check_int('warmup', warmup, 1)
+    stamps, losses = [], []
+    def record(t):
+        stamps.append(time.perf_counter()); losses.append(float(t.metrics['loss']))
+    trainer = make_trainer(dataclasses.replace(config, max_steps=warmup + steps, out_dir=None, resume=None), callbacks=[record])
+    cuda = trainer.device.type == 'cuda'
+    if cuda: torch.cuda.reset_peak_memory_stats(trainer.device)
+    trainer.fit()
+    if len(stamps) < warmup + steps:
+        raise ValueError(f"the run stopped after {len(stamps)} steps ({trainer.total_steps} in its schedule): "
+                         "lower steps + warmup, raise epochs or use a larger dataset")
+    seconds = stamps[-1] - stamps[warmup - 1]     # the timed steps: after the warm-up's last one
+    result = dict(device=torch.cuda.get_device_name(trainer.device) if cuda else platform.processor() or 'cpu',
+                  world_size=trainer.world_size, global_batch=trainer.global_batch, steps=steps, warmup=warmup,
+                  images_per_s=trainer.global_batch * steps / seconds, seconds_per_step=seconds / steps,
+                  peak_memory_gib=torch.cuda.max_memory_allocated(trainer.device) / 2**30 if cuda else None,
+                  peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  losses=losses, config=dataclasses.asdict(config), command=command)
+    if out is not None and trainer.rank == 0:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1, default=str))
+    return result

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from .patches import items_per_second
 from ..core import get_device
 from ..data.images import SingleImagePatches, write_cifar
 from ..methods.distill import (Classifier, Distiller, PatchBatches, distill_student, edge_strokes, first_item,
@@ -19,15 +20,6 @@ from ..methods.distill import (Classifier, Distiller, PatchBatches, distill_stud
 __all__ = ['measure', 'paper_scale', 'main']
 
 # %% ../../nbs/50e_bench.distill.ipynb #8ee630ba
-def _rate(make: callable, seconds: float) -> float:
-    "Items per second of `make` (which returns how many it made), called repeatedly for at least `seconds`."
-    make()                                   # warm-up
-    done, start = 0, time.perf_counter()
-    while True:
-        done += make()
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds: return done / elapsed
-
 def measure(image: str = 'astronaut', # a sample image name or a path
             batch_size: int = 128, # patches per step
             workers: int = 2, # DataLoader workers of the data pipeline
@@ -60,7 +52,7 @@ def measure(image: str = 'astronaut', # a sample image name or a path
                  'training: Distiller step': train_step}
     runs = {name: [] for name in pipelines}
     for _ in range(rounds):
-        for name, make in pipelines.items(): runs[name].append(_rate(make, seconds))
+        for name, make in pipelines.items(): runs[name].append(items_per_second(make, seconds))
     return {name: statistics.median(r) for name, r in runs.items()}
 
 # %% ../../nbs/50e_bench.distill.ipynb #b22ec47e

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/50g_bench.paper.ipynb #9ab3d7e6
 from __future__ import annotations
-import argparse, dataclasses, json, platform, resource, sys, tempfile, time
+import argparse, json, sys, tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +13,7 @@ import torch
 
 from ..core import check_in, check_positive
 from ..data.images import sample_image, write_cifar
+from ..train import measure_training
 
 # %% auto #0
 __all__ = ['METHODS', 'CPU_SETTINGS', 'paper_recipe', 'write_photo_imagenet', 'write_photo_cifar', 'measure_recipe', 'main']
@@ -81,34 +82,10 @@ def measure_recipe(method: str, # one of `METHODS`
                    command: str | None = None, # the command line to record with the figures
                    **changes, # fields of the config to change (batch_size, num_workers, device, precision, ...)
                   ) -> dict:
-    "Train `warmup + steps` steps of `method`'s paper recipe on `data_path`; images/s, peak memory, losses."
-    steps, warmup = int(steps), int(warmup)
-    if steps < 1: raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if warmup < 1: raise ValueError(f"warmup must be an integer >= 1, got {warmup!r}")
+    "Train `warmup + steps` steps of `method`'s paper recipe on `data_path` (`self_sup.train.measure_training`); images/s, peak memory, losses."
     dataset = {'rotnet': 'cifar10'}.get(method, 'imagenet')
     config, make_trainer = paper_recipe(method, dataset=dataset, data_path=str(data_path), **changes)
-    config = dataclasses.replace(config, max_steps=warmup + steps, out_dir=None, resume=None)
-    stamps, losses = [], []
-    def record(t):
-        stamps.append(time.perf_counter()); losses.append(float(t.metrics['loss']))
-    trainer = make_trainer(config, callbacks=[record])
-    cuda = trainer.device.type == 'cuda'
-    if cuda: torch.cuda.reset_peak_memory_stats(trainer.device)
-    trainer.fit()
-    if len(stamps) < warmup + steps:
-        raise ValueError(f"the run stopped after {len(stamps)} steps ({trainer.total_steps} in its schedule): "
-                         f"lower steps + warmup or use a larger dataset")
-    seconds = stamps[-1] - stamps[warmup - 1]
-    peak = (torch.cuda.max_memory_allocated(trainer.device) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
-    result = dict(method=method, device=torch.cuda.get_device_name(trainer.device) if cuda else (platform.processor() or 'cpu'),
-                  world_size=trainer.world_size, global_batch=trainer.global_batch, steps=steps, warmup=warmup,
-                  images_per_s=trainer.global_batch * steps / seconds, seconds_per_step=seconds / steps,
-                  peak_memory_gib=peak, peak_memory_kind='torch.cuda.max_memory_allocated' if cuda else 'process peak RSS',
-                  losses=losses, config=dataclasses.asdict(config), command=command)
-    if out is not None and trainer.rank == 0:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1, default=str))
-    return result
+    return dict(method=method, **measure_training(config, make_trainer, steps, warmup, out, command))
 
 # %% ../../nbs/50g_bench.paper.ipynb #95a4a48f
 CPU_SETTINGS = dict(steps=3, warmup=1, batch_size=4, num_workers=0, device='cpu', precision='32', images=64)
@@ -145,5 +122,5 @@ def main(argv: list[str] | None = None) -> dict:
         r = results[m] = measure_recipe(m, data, s['steps'], s['warmup'], out=Path(a.out_dir) / f'{m}.json',
                                        command=command, **changes)
         print(f"{m:<8} {r['device']}: batch {r['global_batch']}, {r['images_per_s']:8.1f} images/s, "
-              f"peak memory {r['peak_memory_gib']:.2f} GiB, first losses {[round(l, 3) for l in r['losses'][:5]]}", flush=True)
+              f"peak memory {r['peak_memory_gib'] or r['peak_rss_gib']:.2f} GiB, first losses {[round(l, 3) for l in r['losses'][:5]]}", flush=True)
     return results

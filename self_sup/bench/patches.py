@@ -12,13 +12,13 @@ from torch.utils.data import DataLoader
 from ..data.images import SingleImagePatches
 
 # %% auto #0
-__all__ = ['measure', 'main']
+__all__ = ['items_per_second', 'measure', 'main']
 
 # %% ../../nbs/50a_bench.patches.ipynb #fc94d0ce
-def _rate(make: callable, # makes `count` patches and returns how many it made
+def items_per_second(make: callable, # makes a batch and returns how many items it made
           seconds: float, # measure for at least this long
          ) -> float:
-    "Patches per second of `make`, called repeatedly for at least `seconds`."
+    "Items per second of `make`, called repeatedly for at least `seconds` after one warm-up call."
     make()                                   # warm-up: pyramid, caches, allocator
     done, start = 0, time.perf_counter()
     while True:
@@ -52,7 +52,7 @@ def measure(image: str = 'astronaut', # a sample image name or a path
                  f'DataLoader(batch_size={batch_size})': data_loader, 'SingleImagePatches[i], one at a time': one_at_a_time}
     runs = {name: [] for name in pipelines}
     for _ in range(rounds):
-        for name, make in pipelines.items(): runs[name].append(_rate(make, seconds))
+        for name, make in pipelines.items(): runs[name].append(items_per_second(make, seconds))
     return {name: statistics.median(r) for name, r in runs.items()}
 
 # %% ../../nbs/50a_bench.patches.ipynb #0fff16db

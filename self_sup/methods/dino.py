@@ -329,25 +329,5 @@ def measure_training(config: DINOConfig, # the recipe (its `max_steps` and `out_
                      out: str | None = None, # a JSON file to write the figures to
                     ) -> dict:
     "Train `warmup + steps` steps of `config`; images/s over the timed steps, peak GPU memory, the losses."
-    import json, platform
-    check_int('steps', steps, 1); check_int('warmup', warmup, 1)
-    stamps, losses = [], []
-    def record(t):
-        stamps.append(time.perf_counter()); losses.append(t.metrics['loss'])
-    trainer = make_trainer(dataclasses.replace(config, max_steps=warmup + steps, out_dir=None, resume=None), callbacks=[record])
-    cuda = trainer.device.type == 'cuda'
-    if cuda: torch.cuda.reset_peak_memory_stats(trainer.device)
-    trainer.fit()
-    if len(stamps) < warmup + steps:
-        raise ValueError(f"the run stopped after {len(stamps)} steps ({trainer.total_steps} in its schedule): lower steps + warmup or raise epochs")
-    seconds = stamps[-1] - stamps[warmup - 1]     # the timed steps: after the warm-up's last one
-    result = dict(device=torch.cuda.get_device_name(trainer.device) if cuda else platform.processor() or 'cpu',
-                  world_size=trainer.world_size, global_batch=trainer.global_batch, steps=steps, warmup=warmup,
-                  images_per_s=trainer.global_batch * steps / seconds, seconds_per_step=seconds / steps,
-                  peak_memory_gib=torch.cuda.max_memory_allocated(trainer.device) / 2**30 if cuda else None,
-                  losses=losses, config=dataclasses.asdict(config))
-    if out is not None and trainer.rank == 0:
-        from pathlib import Path
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1))
-    return result
+    from self_sup import train as _train                  # the trainer's generic measurement, with DINO's make_trainer
+    return _train.measure_training(config, make_trainer, steps, warmup, out)
