@@ -16,7 +16,8 @@ from ..data.images import sample_image, write_cifar
 from ..train import measure_training
 
 # %% auto #0
-__all__ = ['METHODS', 'CPU_SETTINGS', 'paper_recipe', 'write_photo_imagenet', 'write_photo_cifar', 'measure_recipe', 'main']
+__all__ = ['METHODS', 'CPU_SETTINGS', 'paper_recipe', 'write_photo_imagenet', 'write_photo_cifar', 'measure_recipe',
+           'stand_in_data', 'main']
 
 # %% ../../nbs/50g_bench.paper.ipynb #5daaaedf
 METHODS = ('rotnet', 'simclr', 'moco_v2', 'moco_v3', 'swav', 'dino')
@@ -65,10 +66,10 @@ def write_photo_cifar(root: str | Path, # where `cifar-10-batches-py` is created
                       seed: int = 0, # which crops
                      ) -> Path:
     "CIFAR-10 pickles of 32-pixel crops of built-in photos, labels cycling 0-9; returns `root`."
-    folder = write_photo_imagenet(Path(tempfile.mkdtemp()), n_images + n_images // 4, size=32, seed=seed)
     from PIL import Image
-    files = sorted(folder.glob('train/*/*.JPEG'))
-    x = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert('RGB'))).permute(2, 0, 1) for f in files])
+    with tempfile.TemporaryDirectory() as d:                              # the crops as JPEG first, as CIFAR's were
+        files = sorted(write_photo_imagenet(d, n_images + n_images // 4, size=32, seed=seed).glob('train/*/*.JPEG'))
+        x = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert('RGB'))).permute(2, 0, 1) for f in files])
     y = torch.arange(len(x)) % 10
     write_cifar(root, (x[:n_images], y[:n_images]), (x[n_images:], y[n_images:]))
     return Path(root)
@@ -90,6 +91,17 @@ def measure_recipe(method: str, # one of `METHODS`
 # %% ../../nbs/50g_bench.paper.ipynb #95a4a48f
 CPU_SETTINGS = dict(steps=3, warmup=1, batch_size=4, num_workers=0, device='cpu', precision='32', images=64)
 
+def stand_in_data(folder: Path, # where the stand-in datasets are kept
+                  method: str, # one of `METHODS`: RotNet reads CIFAR-10 pickles, the others an ImageNet folder
+                  n_images: int, # images to write
+                 ) -> Path:
+    "The stand-in dataset `method` reads, written into `folder` the first time it is asked for."
+    data = folder / ('cifar' if method == 'rotnet' else 'imagenet')
+    if not data.exists():
+        print(f"writing {n_images} stand-in images to {data}", flush=True)
+        (write_photo_cifar if method == 'rotnet' else write_photo_imagenet)(data, n_images)
+    return data
+
 def main(argv: list[str] | None = None) -> dict:
     "Command line: run the paper recipes and write one results JSON per method."
     p = argparse.ArgumentParser(prog='python -m self_sup.bench paper',
@@ -109,18 +121,12 @@ def main(argv: list[str] | None = None) -> dict:
     s = dict(steps=a.steps, warmup=a.warmup, batch_size=a.batch_size, num_workers=a.workers, device=a.device, precision=None, images=a.images)
     if a.cpu: s.update(CPU_SETTINGS)
     changes = {k: s[k] for k in ('batch_size', 'num_workers', 'device', 'precision') if s[k] is not None}
-    tmp = None
-    if a.data_path is None:
-        tmp = Path(tempfile.mkdtemp(prefix='self_sup_paper_'))
-        print(f"writing stand-in data ({s['images']} images) to {tmp}", flush=True)
     results = {}
-    for m in a.methods:
-        data = a.data_path
-        if data is None:
-            data = tmp / ('cifar' if m == 'rotnet' else 'imagenet')
-            if not data.exists(): (write_photo_cifar if m == 'rotnet' else write_photo_imagenet)(data, s['images'])
-        r = results[m] = measure_recipe(m, data, s['steps'], s['warmup'], out=Path(a.out_dir) / f'{m}.json',
-                                       command=command, **changes)
-        print(f"{m:<8} {r['device']}: batch {r['global_batch']}, {r['images_per_s']:8.1f} images/s, "
-              f"peak memory {r['peak_memory_gib'] or r['peak_rss_gib']:.2f} GiB, first losses {[round(l, 3) for l in r['losses'][:5]]}", flush=True)
+    with tempfile.TemporaryDirectory(prefix='self_sup_paper_') as tmp:      # stand-in data, removed afterwards
+        for m in a.methods:
+            data = a.data_path or stand_in_data(Path(tmp), m, s['images'])
+            r = results[m] = measure_recipe(m, data, s['steps'], s['warmup'], out=Path(a.out_dir) / f'{m}.json',
+                                           command=command, **changes)
+            print(f"{m:<8} {r['device']}: batch {r['global_batch']}, {r['images_per_s']:8.1f} images/s, "
+                  f"peak memory {r['peak_memory_gib'] or r['peak_rss_gib']:.2f} GiB, first losses {[round(l, 3) for l in r['losses'][:5]]}", flush=True)
     return results
