@@ -119,8 +119,10 @@ def _cls_attention(q: torch.Tensor, # [B, heads, 1+N, head_dim]
                    num_prefix_tokens: int = 1, # [CLS] (and register) tokens in front of the patches
                   ) -> torch.Tensor:
     "Softmax attention of the [CLS] query to every key, keeping the patch columns: `[B, heads, N]`."
-    logits = (q[:, :, :1].float() @ k.float().transpose(-2, -1)) * scale  # [B, heads, 1, 1+N]
-    return logits.softmax(-1)[:, :, 0, num_prefix_tokens:]
+    # under autocast `.float()` alone is not enough: the matmul would be cast back to bf16/fp16
+    with torch.autocast(q.device.type, enabled=False):
+        logits = (q[:, :, :1].float() @ k.float().transpose(-2, -1)) * scale  # [B, heads, 1, 1+N]
+        return logits.softmax(-1)[:, :, 0, num_prefix_tokens:]
 
 # %% ../nbs/05_models.ipynb #651c5708
 class Backbone(nn.Module):
