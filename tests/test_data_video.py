@@ -1,5 +1,5 @@
 "What the notebook 02_data.video tests badly: DataLoader workers, broken files and caches, interrupted cache builds, the built-in DAVIS cache."
-import json, os, pickle, re, shutil
+import functools, json, os, pickle, re, shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,50 @@ def test_dataloader_fork_workers_after_parent_read(source, bikes_cache):
     loader = DataLoader(Subset(ds, range(12)), batch_size=3, num_workers=2, timeout=120,
                         multiprocessing_context='fork')
     torch.testing.assert_close(torch.cat(list(loader)), expected, rtol=0, atol=0)
+
+
+def _count_reader_opens(log_path, worker_id):
+    # worker_init_fn: from here on, every reader this worker opens through VideoClips is logged with the
+    # worker's pid. It patches the module-level `open_video` that `VideoClips._source` calls, in the worker
+    # itself, so it works for fork and spawn alike (a spawned worker re-imports the module)
+    real = video.open_video
+    def counted(*args, **kwargs):
+        with open(log_path, 'a') as f: f.write(f'{os.getpid()}\n')
+        return real(*args, **kwargs)
+    video.open_video = counted
+
+
+class _ReopeningClips(VideoClips):
+    "The broken behaviour (the reference loader's): a new reader for every item."
+    def read(self, index):
+        self._handle = None
+        return super().read(index)
+
+
+def _opens_per_worker(ds, tmp_path, context):
+    log = tmp_path/'opens.log'
+    loader = DataLoader(ds, batch_size=2, num_workers=2, timeout=120, multiprocessing_context=context,
+                        worker_init_fn=functools.partial(_count_reader_opens, str(log)))
+    n = sum(len(b) for b in loader)
+    assert n == len(ds)
+    pids = log.read_text().split()
+    return {p: pids.count(p) for p in set(pids)}
+
+
+@pytest.mark.parametrize('context', ['fork', 'spawn'])
+def test_one_reader_per_worker(context, tmp_path):
+    ds = VideoClips(BIKES, frames_per_clip=2, stride=10, dtype=torch.uint8, short_side=68)
+    _ = ds[0]  # the parent holds an open reader when the workers start (inherited by fork, dropped by pickling)
+    counts = _opens_per_worker(Subset(ds, range(16)), tmp_path, context)
+    assert sorted(counts.values()) == [1, 1], counts  # two workers, 8 clips each, one reader each
+    assert str(os.getpid()) not in counts
+
+
+def test_reader_count_sees_reopening(tmp_path):
+    # the counter above must catch a loader that reopens the file per item
+    ds = _ReopeningClips(BIKES, frames_per_clip=2, stride=10, dtype=torch.uint8, short_side=68)
+    counts = _opens_per_worker(Subset(ds, range(16)), tmp_path, 'fork')
+    assert sorted(counts.values()) == [8, 8], counts
 
 
 def test_pickled_dataset_carries_no_frames(bikes_cache):
