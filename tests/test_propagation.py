@@ -133,3 +133,23 @@ def test_void_in_first_mask_and_dict_outputs():
     assert res.num_objects == 1 and res.J.shape == (1, 3) and res.masks.max() <= 1
     summary, results = evaluate_davis(out, [{'name': 'a', 'frames': frames, 'masks': masks}, (frames, masks)])
     assert [r.name for r in results] == ['a', '1'] and 0 <= summary['J&F-Mean'] <= 1
+
+
+def test_unannotated_davis_frames_are_skipped(tmp_path):
+    # DAVIS marks frames without an annotation file with -1; they must be left out of J and F (as the
+    # toolkit, which scores only the annotation files that exist), not scored as background
+    from self_sup.data.video import DAVIS, make_builtin_davis
+    root = make_builtin_davis(tmp_path/'davis', size=(48, 64), n_frames=6)
+    full = DAVIS(root, sequences=['cup-rocket'])[0]
+    for stem in ('00002', '00004'): (root/'Annotations/480p/cup-rocket'/f'{stem}.png').unlink()
+    sparse = DAVIS(root, sequences=['cup-rocket'])[0]
+    assert (sparse['masks'][[2, 4]] == -1).all() and (sparse['masks'][[0, 1, 3, 5]] >= 0).all()
+    pred = full['masks'].clone(); pred[[2, 4]] = 1                      # the object everywhere where nobody annotated
+    res = evaluate_davis_masks(pred, sparse['masks'])
+    assert res.frames == [1, 3]                                         # annotated 0, 1, 3, 5 less the first and last
+    torch.testing.assert_close(res.J, evaluate_davis_masks(pred, full['masks']).J[:, [0, 2]])
+    assert res.J.min() == 1 and res.F.min() == 1
+    _, results = evaluate_davis(lambda x: torch.nn.functional.avg_pool2d(x, 8), [sparse])
+    assert results[0].frames == [1, 3] and results[0].masks.shape == (6, 48, 64)
+    with pytest.raises(ValueError, match='first_mask is -1 everywhere'):
+        propagate_video_masks(_colour, sparse['frames'], sparse['masks'][2])
