@@ -12,7 +12,8 @@ import torch.distributed as dist
 
 # %% auto #0
 __all__ = ['is_distributed', 'get_rank', 'get_world_size', 'is_main_process', 'all_reduce_sum', 'all_reduce_mean',
-           'all_gather_with_grad', 'all_gather_no_grad', 'init_distributed', 'cleanup_distributed', 'barrier']
+           'all_gather_with_grad', 'all_gather_no_grad', 'backend_for_device', 'init_distributed',
+           'cleanup_distributed', 'barrier']
 
 # %% ../nbs/00a_distributed.ipynb #d22c4459
 def is_distributed() -> bool:
@@ -75,13 +76,26 @@ def all_gather_no_grad(tensor: torch.Tensor, # [b, ...], the same b on every ran
     return torch.cat(out)
 
 # %% ../nbs/00a_distributed.ipynb #ecf7fdfe
-def init_distributed(backend: str | None = None, # 'nccl', 'gloo', or None: NCCL with CUDA, gloo without
+def backend_for_device(device: str | torch.device | None = None, # the device the process trains on; None or 'auto': a GPU if there is one
+                      ) -> str:
+    "The process-group backend for `device`: 'nccl' for a CUDA device, 'gloo' for the CPU (or any other device)."
+    if device is None or device == 'auto': return 'nccl' if torch.cuda.is_available() else 'gloo'
+    try: device = torch.device(device)
+    except (RuntimeError, TypeError) as e: raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N', 'mps' or None, got {device!r}") from e
+    return 'nccl' if device.type == 'cuda' else 'gloo'
+
+def init_distributed(backend: str | None = None, # 'nccl', 'gloo', or None: `backend_for_device(device)`
                      timeout_minutes: float = 30, # how long collectives may wait for a slow rank
+                     device: str | torch.device | None = None, # the device this process trains on; picks the backend when `backend` is None
                     ) -> bool:
     "Join the process group that `torchrun` describes in the environment; return True when distributed."
-    if is_distributed(): return True
+    if is_distributed():
+        if device is not None and backend_for_device(device) != 'nccl' and dist.get_backend() == 'nccl':
+            raise ValueError(f"the process group was started with NCCL, which cannot run collectives on {str(device)!r} tensors; "
+                             "start it with backend='gloo' (or train on the GPUs)")
+        return True
     if int(os.environ.get('WORLD_SIZE', 1)) <= 1: return False
-    if backend is None: backend = 'nccl' if torch.cuda.is_available() else 'gloo'
+    if backend is None: backend = backend_for_device(device)
     if backend not in ('nccl', 'gloo'): raise ValueError(f"backend must be 'nccl' or 'gloo', got {backend!r}")
     if backend == 'nccl': torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))

@@ -1,8 +1,11 @@
 """Two gloo processes on the CPU: the collectives behave like one process on the concatenated batch."""
 import torch
 
-from self_sup.distributed import (all_gather_no_grad, all_gather_with_grad, all_reduce_mean, all_reduce_sum,
-                                  get_rank, get_world_size, is_distributed, is_main_process)
+import pytest
+import torch.distributed as dist
+
+from self_sup.distributed import (all_gather_no_grad, all_gather_with_grad, all_reduce_mean, all_reduce_sum, backend_for_device,
+                                  get_rank, get_world_size, init_distributed, is_distributed, is_main_process)
 from distributed_utils import run_distributed
 
 
@@ -48,3 +51,33 @@ def test_single_process_helpers_are_identities():
     x = torch.randn(3, 2)
     assert all_gather_with_grad(x) is x
     assert torch.equal(all_reduce_sum(x.clone()), x)
+
+
+def test_backend_follows_the_device_not_the_machine(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)          # a machine with GPUs
+    assert [backend_for_device(d) for d in ('cpu', torch.device('cpu'), 'mps')] == ['gloo'] * 3
+    assert [backend_for_device(d) for d in ('cuda', 'cuda:1', torch.device('cuda', 0), None, 'auto')] == ['nccl'] * 5
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)         # a machine without
+    assert backend_for_device(None) == backend_for_device('auto') == 'gloo'
+    with pytest.raises(ValueError, match="got 'gpu'"): backend_for_device('gpu')
+
+
+class _Joined(Exception): pass
+
+
+def test_init_distributed_under_torchrun_picks_the_backend_of_the_device(monkeypatch):
+    # what torchrun sets for the second of two processes, on a machine with GPUs; the process group itself is faked
+    calls = []
+    def fake_init_process_group(backend, **kwargs):
+        calls.append(backend); raise _Joined
+    monkeypatch.setenv('WORLD_SIZE', '2'); monkeypatch.setenv('RANK', '1'); monkeypatch.setenv('LOCAL_RANK', '1')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda i: calls.append(('set_device', i)))
+    monkeypatch.setattr(dist, 'init_process_group', fake_init_process_group)
+    for device, expected in [('cpu', ['gloo']), ('cuda', [('set_device', 1), 'nccl']), (None, [('set_device', 1), 'nccl'])]:
+        calls.clear()
+        with pytest.raises(_Joined): init_distributed(device=device)
+        assert calls == expected, (device, calls)
+    calls.clear()
+    with pytest.raises(_Joined): init_distributed('gloo', device='cuda')   # an explicit backend wins
+    assert calls == ['gloo']
