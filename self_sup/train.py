@@ -299,9 +299,9 @@ class Trainer:
             raise TypeError(f"train_data must be a map-style dataset with __len__ and __getitem__, got {type(train_data).__name__}")
         self.config = c = config if config is not None else TrainConfig()
         if not isinstance(c, TrainConfig): raise TypeError(f"config must be a TrainConfig, got {type(c).__name__}")
-        init_distributed()
-        self.rank, self.world_size = get_rank(), get_world_size()
         self.device = get_device(c.device)
+        init_distributed(device=self.device)   # the backend follows the device: gloo for a CPU run even on a GPU machine
+        self.rank, self.world_size = get_rank(), get_world_size()
         if self.device.type == 'cuda' and self.device.index is None: self.device = torch.device('cuda', torch.cuda.current_device())
         if c.precision == 'fp16' and self.device.type != 'cuda':
             raise ValueError(f"precision='fp16' needs a CUDA device (got {self.device}); use precision='bf16' on the CPU")

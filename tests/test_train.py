@@ -9,8 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
 from self_sup.distributed import all_gather_with_grad, get_world_size
-from self_sup.train import Trainer, TrainConfig, read_metrics
+from self_sup.train import Trainer, TrainConfig, epoch_batches, read_metrics
 from distributed_utils import run_distributed
 
 
@@ -137,6 +140,131 @@ def test_resume_from_missing_or_wrong_checkpoint(tmp_path):
     # starting afresh over an existing run is refused rather than silently overwriting it
     with pytest.raises(FileExistsError, match="resume='auto'"):
         Trainer(Contrastive(), Views(), replace(cfg, max_steps=None)).fit()
+
+
+# ---------------------------------------------------------------- clipping, divergence, the loader
+class Steep(nn.Module):
+    "A loss whose gradient norm is far above 1; records the gradients before clipping and what the optimiser used."
+    def __init__(self):
+        super().__init__()
+        self.w, self.b = nn.Parameter(torch.ones(6)), nn.Parameter(torch.zeros(3))
+        self.before, self.after = [], []
+    def forward(self, batch):
+        x1, _ = batch
+        return dict(loss=100 * (x1 @ self.w).pow(2).mean() + 50 * self.b.sum())
+    def _grads(self): return torch.cat([p.grad.flatten() for p in self.parameters()]).clone()
+    def on_before_optimizer_step(self, trainer): self.before.append(self._grads())
+    def on_after_optimizer_step(self, trainer): self.after.append(self._grads())
+
+
+def test_clip_grad_bounds_the_gradient_norm():
+    cfg = replace(BASE, epochs=1, lr=1e-4, weight_decay=0.0, final_weight_decay=0.0)
+    logged = []
+    method = Steep()
+    Trainer(method, Views(), replace(cfg, clip_grad=1.0), callbacks=[lambda t: logged.append(t.metrics['grad_norm'])]).fit()
+    assert len(method.after) == 6
+    for before, after, norm in zip(method.before, method.after, logged):
+        assert before.norm() > 10                                    # the loss is steep ...
+        assert after.norm() <= 1.0 + 1e-5                            # ... the optimiser saw a gradient of norm <= clip_grad
+        torch.testing.assert_close(after, before / before.norm(), rtol=1e-5, atol=1e-7)   # same direction, scaled down
+        assert norm == pytest.approx(before.norm().item(), rel=1e-5)                     # the logged norm is the unclipped one
+    unclipped = Steep()
+    Trainer(unclipped, Views(), replace(cfg, clip_grad=None)).fit()
+    assert all(torch.equal(a, b) and a.norm() > 10 for a, b in zip(unclipped.before, unclipped.after))
+
+
+class BlowsUp(Contrastive):
+    "The loss of step 8 is multiplied by `factor` (inf or -inf)."
+    def __init__(self, factor):
+        super().__init__(); self.factor = factor
+    def forward(self, batch):
+        out = super().forward(batch)
+        if self.step == 8: out['loss'] = out['loss'] * self.factor
+        return out
+    def on_step_start(self, trainer):
+        self.step = trainer.step
+        if trainer.step == 8: self.params_before = [p.detach().clone() for p in self.parameters()]
+
+
+@pytest.mark.parametrize('factor', [float('inf'), float('-inf')])
+def test_infinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, factor):
+    method = BlowsUp(factor)
+    cfg = replace(BASE, out_dir=str(tmp_path), checkpoint_every=5)
+    with pytest.raises(FloatingPointError) as e: Trainer(method, Views(), cfg).fit()
+    msg = str(e.value)
+    assert f'loss is {factor} at step 8 (epoch 1)' in msg, msg
+    assert f"the last good checkpoint is {str(tmp_path / 'checkpoint.pt')!r} (step 5)" in msg, msg
+    assert torch.load(tmp_path / 'checkpoint.pt', weights_only=False)['step'] == 5
+    for p, q in zip(method.parameters(), method.params_before): assert torch.equal(p.detach(), q)   # step 8 changed nothing
+    assert read_metrics(tmp_path / 'metrics.csv')['step'].tolist() == list(range(8))
+
+
+def test_loader_pins_memory_for_cuda_only_and_passes_num_workers():
+    for workers in (0, 2):
+        trainer = Trainer(Contrastive(), Views(), replace(BASE, num_workers=workers, device='cpu'))
+        loader = trainer._loader()
+        assert (loader.pin_memory, loader.num_workers) == (False, workers)
+        assert (loader.worker_init_fn is None) == (workers == 0)
+        trainer.device = torch.device('cuda', 0)    # what a GPU run holds; the loader is only built, never iterated
+        loader = trainer._loader()
+        assert (loader.pin_memory, loader.num_workers) == (True, workers)
+
+
+class _Joined(Exception): pass
+
+
+def test_trainer_backend_follows_config_device(monkeypatch):
+    # torchrun's environment for rank 1 of 2 on a machine with GPUs; the process group itself is faked
+    calls = []
+    def fake_init_process_group(backend, **kwargs):
+        calls.append(backend); raise _Joined
+    monkeypatch.setenv('WORLD_SIZE', '2'); monkeypatch.setenv('RANK', '1'); monkeypatch.setenv('LOCAL_RANK', '1')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda i: calls.append(('set_device', i)))
+    monkeypatch.setattr(dist, 'init_process_group', fake_init_process_group)
+    with pytest.raises(_Joined): Trainer(Contrastive(), Views(), replace(BASE, device='cpu'))
+    assert calls == ['gloo']                         # a CPU run on a GPU machine: gloo, no GPU bound
+    calls.clear()
+    with pytest.raises(_Joined): Trainer(Contrastive(), Views(), replace(BASE, device=None))
+    assert calls == [('set_device', 1), 'nccl']      # the default device there is the rank's GPU
+
+
+# ---------------------------------------------------------------- the data order of each rank
+def _distributed_sampler_batches(n, batch, world, drop_last, shuffle=False, seed=0, epoch=0):
+    "Each rank's batches from DistributedSampler and a DataLoader that drops the incomplete last batch."
+    out = []
+    for rank in range(world):
+        sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        sampler.set_epoch(epoch)
+        out.append([b.tolist() for b in DataLoader(range(n), batch_size=batch, sampler=sampler, drop_last=True)])
+    return out
+
+
+@pytest.mark.parametrize('n, batch, world', [(50, 4, 2), (48, 8, 3), (37, 2, 4), (16, 8, 2), (9, 1, 2)])
+def test_epoch_batches_shard_an_epoch_like_distributed_sampler(n, batch, world):
+    seen_over_epochs = set()
+    for epoch in range(12):
+        one = epoch_batches(n, batch * world, epoch, seed=7)                         # one process, the global batch
+        ranks = [epoch_batches(n, batch, epoch, seed=7, rank=r, world_size=world) for r in range(world)]
+        assert all(r.shape == (len(one), batch) for r in ranks)                    # every rank runs the same steps
+        for step in range(len(one)):
+            # the ranks' shares of a step, in rank order (what all_gather returns), are the one-process batch
+            np.testing.assert_array_equal(np.concatenate([r[step] for r in ranks]), one[step])
+        taken = np.concatenate([r.ravel() for r in ranks])
+        assert len(set(taken.tolist())) == len(taken)                               # ranks disjoint, nothing repeated
+        seen_over_epochs |= set(taken.tolist())
+    assert seen_over_epochs == set(range(n))       # what an epoch drops (< one global batch) differs from epoch to epoch
+
+    # DistributedSampler(drop_last=True) with DataLoader(drop_last=True): as many steps, and in every step the same
+    # samples (without shuffling both start from 0, 1, 2, ...); only their split over the ranks differs
+    reference = _distributed_sampler_batches(n, batch, world, drop_last=True)
+    ours = [epoch_batches(n, batch, 0, shuffle=False, rank=r, world_size=world) for r in range(world)]
+    assert [len(b) for b in reference] == [len(o) for o in ours]
+    for step in range(len(ours[0])):
+        assert sorted(i for r in reference for i in r[step]) == sorted(np.concatenate([o[step] for o in ours]).tolist())
+    # its default, drop_last=False, instead pads the epoch with repeated samples when n % world != 0
+    padded = [i for r in range(world) for i in DistributedSampler(range(n), world, r, shuffle=False, drop_last=False)]
+    assert len(padded) - len(set(padded)) == (-n) % world
 
 
 # ---------------------------------------------------------------- exact resume
