@@ -293,7 +293,7 @@ def accuracy(model: nn.Module, # a classifier: images -> logits
     was_training = model.training; model.eval()
     correct, n = 0, len(data)
     try:
-        for start in range(0, n, batch_size):
+        for start in progress(range(0, n, batch_size), desc='accuracy', leave=False):
             idx = range(start, min(n, start + batch_size))
             if isinstance(data, LabelledImages): x, y = data.get_batch(idx), data.labels[start:start + len(idx)]
             else:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..augment import gaussian_blur, normalize
-from ..core import check_in, check_positive
+from ..core import check_in, check_positive, progress
 from .core import as_display_image, eval_mode, panel_grid
 
 # %% auto #0
@@ -103,7 +103,7 @@ def visualize_neurons(model: nn.Module, # any network taking images [B, C, H, W]
     handle = target.register_forward_hook(hook)
     try:
         with eval_mode(model):
-            for step in range(int(steps)):
+            for step in progress(range(int(steps)), desc='visualize neurons', leave=False):
                 x = torch.sigmoid(z)
                 if jitter:
                     dy, dx = torch.randint(-int(jitter), int(jitter) + 1, (2,), generator=g).tolist()
