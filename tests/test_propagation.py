@@ -153,3 +153,16 @@ def test_unannotated_davis_frames_are_skipped(tmp_path):
     assert results[0].frames == [1, 3] and results[0].masks.shape == (6, 48, 64)
     with pytest.raises(ValueError, match='first_mask is -1 everywhere'):
         propagate_video_masks(_colour, sparse['frames'], sparse['masks'][2])
+
+
+def test_progress_bars_over_frames(monkeypatch, capsys):
+    frames, masks = _sequence(T=5)
+    monkeypatch.setenv('SELF_SUP_PROGRESS', '1')
+    propagate_video_masks(_colour, frames, masks[0], batch_size=2)
+    err = capsys.readouterr().err
+    assert 'frame features' in err and 'propagating' in err
+    propagate_labels(*_video())                                         # off by default (TimeTuning calls it in every step)
+    assert 'propagating' not in capsys.readouterr().err
+    monkeypatch.setenv('SELF_SUP_PROGRESS', '0')
+    propagate_video_masks(_colour, frames, masks[0])
+    assert capsys.readouterr().err == ''
