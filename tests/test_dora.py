@@ -1,6 +1,7 @@
-"""DoRA: the fixed defects at the level of the method (batch-independent masks, float32 tracking under autocast,
-every local crop trained, no loss state carried between steps), data with workers, exact resume, bad inputs, CLI."""
-import argparse
+"""DoRA: the fixed defects at the level of the method (masks thresholded at each map's own mean, float32 tracking under
+autocast, every local crop trained, no loss state carried between objects or steps), data with workers, exact resume,
+bad inputs, CLI."""
+import argparse, dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,9 @@ from torch.utils.data import DataLoader
 
 from self_sup.data.images import sample_image
 from self_sup.data.video import fake_video, write_video
+import self_sup.methods.dora as dora_module
 from self_sup.methods.dora import DoRA, DoRAConfig, dora_dataset, make_trainer, train
-from self_sup.methods.dora_tracking import track_clip_objects
+from self_sup.methods.dora_tracking import object_masks, track_clip_objects
 from self_sup.models import create_backbone
 from self_sup.train import read_metrics
 
@@ -39,7 +41,21 @@ def _tiny_config(video, d, **kw):
 
 
 def test_masks_do_not_depend_on_the_rest_of_the_batch():
-    # per-image thresholds (and per-image Sinkhorn): clip 0's masks are the same alone and in a batch of 2
+    # the same object on patches 5-7 of a 4 x 4 grid in two maps: image 0 peaked, image 1 flat and 10 times smaller (maps
+    # that are not softmaxes, so their means differ). Each map's own mean keeps exactly the object in both; a threshold
+    # shared by the batch (its plain mean, or the public code's mean after L2-normalising each map) gives image 1
+    # nothing or everything
+    logits = torch.zeros(2, 1, 1, 16)
+    logits[0, ..., 5:8], logits[1, ..., 5:8] = 8.0, 1.0
+    maps = logits.softmax(-1) * torch.tensor([1.0, 0.1]).view(2, 1, 1, 1)          # [B=2, T=1, k=1, N=16]
+    both = object_masks(maps, (4, 4))
+    assert both.flatten(1).sum(1).tolist() == [3, 3]
+    assert both[1].flatten()[5:8].all()
+    for b in range(2): assert torch.equal(both[b:b + 1], object_masks(maps[b:b + 1], (4, 4)))   # alone = in the batch
+
+
+def test_tracking_does_not_depend_on_the_rest_of_the_batch():
+    # per-image Sinkhorn and thresholds through the whole tracker: clip 0's masks are the same alone and in a batch of 2
     dora = _dora()
     clips = _views()[0]
     clips[1] = clips[1] * 0.1          # a second clip with much flatter attention
@@ -73,6 +89,35 @@ def test_every_local_crop_gets_a_gradient():
     dora(views)['loss'].backward()
     for v in views[1:]:                                        # the global clip reaches the student only through the masks
         assert v.grad is not None and (v.grad.flatten(2).abs().sum(-1) > 0).all()
+
+
+def _same_object_k_times(features, n_frames, heads, *args, **kwargs):
+    # the tracker run with k copies of head 0 (k identical objects), the same tracks whatever k the method asks for
+    tracks = track_clip_objects(features, n_frames, [0] * 3, *args, **kwargs)
+    return dataclasses.replace(tracks, heads=tracks.heads[:len(heads)], masks=tracks.masks[:, :, :len(heads)])
+
+
+def test_identical_objects_give_the_one_object_loss():
+    # the public code carries its per-object accumulator from one object to the next, so k identical objects count
+    # more than one; the average over objects must be the one-object loss
+    torch.manual_seed(0)
+    t, l, m = torch.randn(6, 32), torch.randn(4, 6, 32), torch.randn(1, 6, 32)
+    one = dora_module.dora_loss(t, l, m)[0]
+    for k in (2, 3):
+        torch.testing.assert_close(dora_module.dora_loss(t, l, m.expand(k, -1, -1))[0], one)
+
+
+def test_the_method_averages_identical_objects(monkeypatch):
+    # the same through the method: k identical tracked objects (the tracker run with k copies of one head) give the
+    # loss of one object, so no accumulator is carried between the objects of a step
+    monkeypatch.setattr(dora_module, 'track_clip_objects', _same_object_k_times)
+    losses = []
+    for k in (1, 2, 3):
+        dora = _dora(n_objects=k)
+        with torch.no_grad(): losses.append(dora(_views())['loss'])
+        masks = dora.last_tracks.masks
+        assert masks.shape[2] == k and torch.equal(masks[:, :, :1].expand_as(masks), masks) and 0 < masks.float().mean() < 1
+    for loss in losses[1:]: torch.testing.assert_close(loss, losses[0], atol=1e-5, rtol=0)
 
 
 def test_no_loss_state_carried_between_steps():

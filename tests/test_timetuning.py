@@ -1,5 +1,5 @@
-"""TimeTuning: codes equipartitioned over 2 gloo processes as over one, every config/CLI option reaching the method,
-booleans as --flag/--no-flag, bf16 autocast, data with workers, bad inputs."""
+"""TimeTuning: codes equipartitioned over 2 gloo processes as over one, every config/CLI option reaching the method and
+changing its targets or loss, booleans as --flag/--no-flag, bf16 autocast, data with workers, bad inputs."""
 import argparse, contextlib, io
 
 import pytest
@@ -36,6 +36,31 @@ def tiny_video(tmp_path_factory):
     d = tmp_path_factory.mktemp('video')
     clip = fake_video(sample_image('astronaut'), n_frames=20, size=(40, 56), generator=torch.Generator().manual_seed(0))
     return write_video(clip, d / 'tiny.mp4')
+
+
+def _tuned_output(**options):
+    "The forwarded cluster maps and the loss of one batch, from the method a config builds (same weights and clips)."
+    torch.manual_seed(0)
+    cfg = TimeTuningConfig(preset='cpu', depth=2, crop_size=48, head_dims=(32, 16), n_prototypes=6, **options)
+    m = timetuning_method(cfg)
+    clips = torch.randn(2, 4, 3, 48, 48, generator=torch.Generator().manual_seed(1))    # 4 frames on a 6 x 6 patch grid
+    with torch.no_grad(): loss = m(clips)['loss']
+    return m.last_targets, loss
+
+
+@pytest.mark.parametrize('option, value', [('sinkhorn_eps', 0.5), ('sinkhorn_iters', 1), ('n_context', 0), ('topk', 1),
+                                           ('radius', 1), ('propagation_temperature', 1.0)])
+def test_every_option_reaches_the_targets(option, value):
+    # the public code's flags for eps, Sinkhorn iterations, context frames and top-k never reached get_loss: each option
+    # changed on its own in the config must change the forwarded cluster maps the loss is computed from
+    reference, _ = _tuned_output()
+    changed, _ = _tuned_output(**{option: value})
+    assert not torch.allclose(changed, reference, atol=1e-4), f"{option}={value} did not change the forwarded maps"
+
+
+def test_score_temperature_reaches_the_loss():
+    (ref_maps, ref_loss), (maps, loss) = _tuned_output(), _tuned_output(score_temperature=0.5)
+    assert torch.equal(maps, ref_maps) and abs(loss.item() - ref_loss.item()) > 1e-3
 
 
 def test_every_option_reaches_the_method():
