@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from self_sup import augment
 from self_sup.augment import (MultiCropTransform, SimCLRTransform, ViewTransform, cutmix, mixup, rotations,
                               to_image_tensor)
 
@@ -179,3 +180,97 @@ def test_configs_from_command_line():
     assert dataclass_from_args(MultiCropTransform, p.parse_args([])) == MultiCropTransform()
     p = add_dataclass_arguments(argparse.ArgumentParser(), SimCLRTransform)
     assert dataclass_from_args(SimCLRTransform, p.parse_args(['--size', '32', '--blur-p', 'none'])).view.blur_p == 0.0
+
+
+# CutMix / MixUp: the properties, read off the outputs, and proof that these checks catch broken mixing
+# (a mix that leaves the batch alone, an empty box, a box over time x height of clips, an unadjusted lam,
+# the wrong partner). The notebook shows the same properties on a few seeds; here each broken variant is
+# patched into the module and the checks must fail on it.
+
+def check_cutmix(x, seed, channel_dim=1):
+    "Assert CutMix's properties for one seeded call on distinct random images or clips (`channel_dim`: 1, or 2 for [B, T, C, H, W])."
+    b, (h, w) = len(x), x.shape[-2:]
+    mixed, y, p = cutmix(x, torch.arange(b), generator=torch.Generator().manual_seed(seed), num_classes=b, return_params=True)
+    top, bottom, left, right = p.box
+    box = torch.zeros(h, w, dtype=torch.bool)
+    box[top:bottom, left:right] = True
+    assert p.lam == 1 - box.sum().item() / (h * w), (p.lam, p.box)       # the reported lam is the box's, exactly
+    changed = (mixed != x).any(channel_dim).reshape(b, -1, h, w)         # [B, frames, H, W]
+    for i in range(b):
+        j = int(p.index[i])
+        assert torch.equal(changed[i], (box if j != i else torch.zeros_like(box)).expand_as(changed[i])), (i, j, p.box)
+        assert torch.equal(mixed[i][..., box], x[j][..., box]) and torch.equal(mixed[i][..., ~box], x[i][..., ~box])
+    onehot = torch.eye(b)
+    assert torch.allclose(y, p.lam * onehot + (1 - p.lam) * onehot[p.index], atol=1e-12)
+    return p
+
+
+def check_mixup(x, seed):
+    "Assert MixUp's properties for one seeded call."
+    b = len(x)
+    m, y, p = mixup(x, torch.arange(b), alpha=1.0, generator=torch.Generator().manual_seed(seed), num_classes=b, return_params=True)
+    assert torch.equal(m, torch.stack([p.lam * x[i] + (1 - p.lam) * x[p.index[i]] for i in range(b)]))
+    assert torch.allclose(m.flatten(1), y @ x.flatten(1), atol=1e-5)     # with one-hot targets, the targets are the mixing matrix
+    return p
+
+
+def check_all_mixing():
+    g = torch.Generator().manual_seed(0)
+    images, clips = torch.rand(4, 3, 12, 14, generator=g), torch.rand(3, 3, 4, 10, 12, generator=g)
+    cases = [(images, 1), (clips, 1), (clips.transpose(1, 2).contiguous(), 2)]  # [B,C,H,W], [B,C,T,H,W], [B,T,C,H,W]
+    for x, channel_dim in cases:
+        ps = [check_cutmix(x, seed, channel_dim) for seed in range(8)]
+        assert ps[0].lam < 1 and not torch.equal(cutmix(x, generator=torch.Generator().manual_seed(0)), x)
+        assert 0.1 < sum(1 - p.lam for p in ps) / len(ps) < 0.6                  # boxes of about 0.3 of the image on average
+    for x in (images, clips):
+        ps = [check_mixup(x, seed) for seed in range(4)]
+        assert 0 < ps[0].lam < 1 and not torch.allclose(mixup(x, generator=torch.Generator().manual_seed(0)), x)
+
+
+def test_mixing_properties():
+    check_all_mixing()
+
+
+def _paste_time_x_height(images, params):
+    "The distillation reference code's defect: for clips [B, C, T, H, W] the box spans time x height."
+    if params.box is None: return params.lam * images + (1 - params.lam) * images[params.index]
+    top, bottom, left, right = params.box
+    mixed = images.clone()
+    mixed[:, :, top:bottom, left:right] = images[params.index][:, :, top:bottom, left:right]
+    return mixed
+
+
+def _cutmix_params_drawn_lam(batch_size, height, width, alpha=1.0, generator=None):
+    "lam as drawn, not recomputed from the clipped box."
+    lam = augment._sample_lam(alpha, generator)
+    index = augment._randperm(batch_size, generator)
+    return augment.MixParams(lam, index, augment.cutmix_box(height, width, lam, generator))
+
+
+_real_mix_images = augment.mix_images
+BROKEN = {
+    'cutmix leaves the batch alone': ('mix_images', lambda images, params: images.clone() if params.box else _real_mix_images(images, params)),
+    'empty box': ('cutmix_box', lambda height, width, lam, generator=None: (0, 0, 0, 0)),
+    'box over time x height': ('mix_images', _paste_time_x_height),
+    'lam not adjusted to the box': ('cutmix_params', _cutmix_params_drawn_lam),
+    'pasted from the wrong image': ('mix_images', lambda images, params: _real_mix_images(images, params._replace(index=params.index.flip(0)))
+                                    if params.box else _real_mix_images(images, params)),
+    'mixup leaves the batch alone': ('mix_images', lambda images, params: images.clone() if params.box is None else _real_mix_images(images, params)),
+    'mixup with lam 1': ('mixup_params', lambda batch_size, alpha=0.2, generator=None: augment.MixParams(1.0, torch.arange(batch_size), None)),
+    'mixup blends with the wrong image': ('mix_images', lambda images, params: _real_mix_images(images, params._replace(index=params.index.flip(0)))
+                                          if params.box is None else _real_mix_images(images, params)),
+}
+
+
+@pytest.mark.parametrize('variant', list(BROKEN))
+def test_mixing_checks_catch(monkeypatch, variant):
+    name, broken = BROKEN[variant]
+    monkeypatch.setattr(augment, name, broken)
+    with pytest.raises(AssertionError): check_all_mixing()
+
+
+def test_mixing_reproducible_under_global_seed():
+    x = torch.rand(4, 3, 8, 8)
+    torch.manual_seed(0); a, pa = cutmix(x, return_params=True)
+    torch.manual_seed(0); b, pb = cutmix(x, return_params=True)
+    assert torch.equal(a, b) and pa.box == pb.box and pa.lam == pb.lam
