@@ -1,5 +1,5 @@
 """self_sup.data.images: bad inputs and their messages, real on-disk formats, DataLoader workers, determinism."""
-import pickle
+import pickle, pickletools, struct
 
 import numpy as np
 import PIL.Image
@@ -8,7 +8,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from self_sup.data.images import (SAMPLE_IMAGES, BuiltinDigits, CIFAR10, CIFAR100, ImageFolder, ImageNetFolder, PatchFolder,
-                                  SingleImagePatches, as_rgb_image, image_complexity, load_image, sample_image, write_cifar)
+                                  SingleImagePatches, as_rgb_image, image_complexity, load_image, read_val_solution, sample_image,
+                                  write_cifar)
 
 
 # ---------------------------------------------------------------- sample photos and image files
@@ -170,6 +171,91 @@ def test_cifar100_keys(tmp_path):
         CIFAR100(folder, label_type='medium')
 
 
+# What Python 2's cPickle.dump(obj, f, 2) wrote for the CIFAR batches, assembled opcode by opcode from the pickle
+# format (independently of write_cifar's pickler): strings are Python 2 byte strings (SHORT_BINSTRING/BINSTRING),
+# arrays go through numpy.core.multiarray._reconstruct with the raw data as one string.
+def _py2_int(v):
+    if 0 <= v < 256: return b'K' + bytes([v])
+    if 0 <= v < 65536: return b'M' + struct.pack('<H', v)
+    return b'J' + struct.pack('<i', v)
+
+
+def _py2_str(b):
+    return (b'U' + bytes([len(b)]) if len(b) < 256 else b'T' + struct.pack('<i', len(b))) + b
+
+
+def _py2_body(obj):
+    if isinstance(obj, dict): return b'}(' + b''.join(_py2_body(k) + _py2_body(v) for k, v in obj.items()) + b'u'
+    if isinstance(obj, list): return b'](' + b''.join(_py2_body(v) for v in obj) + b'e'
+    if isinstance(obj, bytes): return _py2_str(obj)
+    if isinstance(obj, int): return _py2_int(obj)
+    assert isinstance(obj, np.ndarray) and obj.dtype == np.uint8 and obj.ndim == 2
+    dtype = b'cnumpy\ndtype\n' + _py2_str(b'u1') + _py2_int(0) + _py2_int(1) + b'\x87R(' + _py2_int(3) + _py2_str(b'|') + b'NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xff' + _py2_int(0) + b'tb'
+    return (b'cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n' + _py2_int(0) + b'\x85' + _py2_str(b'b') + b'\x87R'
+            + b'(' + _py2_int(1) + _py2_int(obj.shape[0]) + _py2_int(obj.shape[1]) + b'\x86' + dtype + b'\x89' + _py2_str(obj.tobytes()) + b'tb')
+
+
+def _python2_pickle(obj): return b'\x80\x02' + _py2_body(obj) + b'.'
+
+
+def _cifar_batches(n, num_classes, seed=0):
+    rng = np.random.default_rng(seed)
+    data, labels = rng.integers(0, 256, (n, 3072), dtype=np.uint8), [int(v) for v in rng.integers(0, num_classes, n)]
+    batch = {b'batch_label': b'training batch 1 of 1', b'data': data, b'filenames': [f'img_{i}.png'.encode() for i in range(n)]}
+    if num_classes == 10: batch[b'labels'] = labels
+    else: batch[b'fine_labels'] = labels; batch[b'coarse_labels'] = [l // 5 for l in labels]
+    return batch, data, labels
+
+
+@pytest.mark.parametrize('num_classes', [10, 100])
+@pytest.mark.parametrize('python', [2, 3])
+def test_cifar_reads_python2_pickles_with_bytes_keys_and_python3_ones_with_str_keys(tmp_path, num_classes, python):
+    folder_name, train_files, meta_name = ('cifar-10-batches-py', [f'data_batch_{i}' for i in range(1, 6)], 'batches.meta') if num_classes == 10 \
+        else ('cifar-100-python', ['train'], 'meta')
+    folder = tmp_path / folder_name; folder.mkdir()
+    names_key = b'label_names' if num_classes == 10 else b'fine_label_names'
+    meta = {names_key: [f'name_{i}'.encode() for i in range(num_classes)]}
+    if num_classes == 100: meta[b'coarse_label_names'] = [f'super_{i}'.encode() for i in range(20)]
+    expected_x, expected_y = [], []
+    for k, name in enumerate(train_files + ['test_batch' if num_classes == 10 else 'test']):
+        batch, data, labels = _cifar_batches(3 + k, num_classes, seed=k)
+        if name in train_files: expected_x.append(data); expected_y += labels
+        if python == 2: raw = _python2_pickle(batch)
+        else: raw = pickle.dumps({key.decode(): v for key, v in batch.items()}, protocol=4)       # re-pickled by Python 3: str keys
+        (folder / name).write_bytes(raw)
+    (folder / meta_name).write_bytes(_python2_pickle(meta) if python == 2 else pickle.dumps({k.decode(): [v.decode() for v in vs] for k, vs in meta.items()}))
+    if python == 2:   # the files behave as the real ones: bytes keys under encoding='bytes', no load without an encoding
+        assert set(pickle.loads((folder / train_files[0]).read_bytes(), encoding='bytes')) == set(_cifar_batches(1, num_classes)[0])
+        with pytest.raises(UnicodeDecodeError):
+            pickle.loads((folder / train_files[0]).read_bytes())
+    ds = (CIFAR10 if num_classes == 10 else CIFAR100)(tmp_path)
+    assert torch.equal(ds.images, torch.from_numpy(np.concatenate(expected_x)).view(-1, 3, 32, 32))
+    assert ds.labels.tolist() == expected_y and ds.classes[:2] == ['name_0', 'name_1'] and ds.num_classes == num_classes
+    if num_classes == 100:
+        coarse = CIFAR100(tmp_path, label_type='coarse')
+        assert coarse.labels.tolist() == [l // 5 for l in expected_y] and coarse.classes[0] == 'super_0'
+
+
+def test_write_cifar_writes_python2_pickles(tmp_path):
+    for num_classes, batch_file, keys in [(10, 'data_batch_1', {b'batch_label', b'data', b'labels', b'filenames'}),
+                                          (100, 'train', {b'batch_label', b'data', b'fine_labels', b'coarse_labels', b'filenames'})]:
+        folder, x, y = _cifar(tmp_path / str(num_classes), num_classes=num_classes, n=150)
+        raw = (folder / batch_file).read_bytes()
+        assert raw[:2] == b'\x80\x02'                                     # protocol 2
+        ops = [(op.name, arg) for op, arg, _ in pickletools.genops(raw)]
+        names = {name for name, _ in ops}
+        assert 'SHORT_BINSTRING' in names and not names & {'BINUNICODE', 'SHORT_BINUNICODE', 'BINBYTES', 'SHORT_BINBYTES', 'BINBYTES8'}
+        assert ('GLOBAL', 'numpy.core.multiarray _reconstruct') in ops and not any(n == 'GLOBAL' and '_codecs' in a for n, a in ops)
+        assert set(pickle.loads(raw, encoding='bytes')) == keys
+        assert set(pickle.loads(raw, encoding='latin1')) == {k.decode() for k in keys}
+        with pytest.raises(UnicodeDecodeError):
+            pickle.loads(raw)
+        # write_cifar's bytes and the hand-assembled Python 2 pickle of the same batch load to the same thing
+        again = pickle.loads(_python2_pickle(pickle.loads(raw, encoding='bytes')), encoding='bytes')
+        loaded = pickle.loads(raw, encoding='bytes')
+        assert np.array_equal(again[b'data'], loaded[b'data']) and {k: v for k, v in again.items() if k != b'data'} == {k: v for k, v in loaded.items() if k != b'data'}
+
+
 def test_cifar_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='CIFAR-10 files not found: expected .*cifar-10-batches-py/data_batch_1'):
         CIFAR10(tmp_path)
@@ -200,17 +286,82 @@ def test_imagenet_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="ImageNet folder '.*nowhere' does not exist"):
         ImageNetFolder(tmp_path / 'nowhere')
     _folder(tmp_path / 'train', ['n01', 'n02'])
-    with pytest.raises(FileNotFoundError, match=r"split folder '.*val' does not exist; expected .*/val/<wnid>/\*.JPEG"):
+    with pytest.raises(FileNotFoundError, match=r"split folder '.*val' does not exist; expected .*/val/<wnid>/\*.JPEG, or the flat .*/val/\*.JPEG with their labels in .*LOC_val_solution.csv"):
         ImageNetFolder(tmp_path, 'val')
     (tmp_path / 'val').mkdir()
-    for k in range(3): sample_image('coffee').resize((8, 8)).save(tmp_path / 'val' / f'ILSVRC2012_val_{k:08d}.JPEG')
-    with pytest.raises(ValueError, match='holds images directly: sort them into one folder per class'):
+    with pytest.raises(ValueError, match=r"val' holds neither class folders nor images: expected .*/val/<wnid>/\*.JPEG, or the flat"):
         ImageNetFolder(tmp_path, 'val')
+    for k in range(3): sample_image('coffee').resize((8, 8)).save(tmp_path / 'val' / f'ILSVRC2012_val_{k:08d}.JPEG')
+    with pytest.raises(FileNotFoundError, match=r"holds the validation images directly, but their labels are not there: expected Kaggle's LOC_val_solution.csv "
+                                                r"\(header ImageId,PredictionString\) at '.*LOC_val_solution.csv', or the images sorted into .*/val/<wnid>/\*.JPEG"):
+        ImageNetFolder(tmp_path, 'val')
+    with pytest.raises(FileNotFoundError, match="val_labels '.*nope.csv' does not exist; expected Kaggle's LOC_val_solution.csv"):
+        ImageNetFolder(tmp_path, 'val', val_labels=tmp_path / 'nope.csv')
     _folder(tmp_path / 'val', ['n03'])
     with pytest.raises(ValueError, match=r"class folders \['n03'\] that are not in"):
         ImageNetFolder(tmp_path, 'val')
     with pytest.raises(ValueError, match="split must be one of \\['train', 'val'\\]"):
         ImageNetFolder(tmp_path, 'test')
+    flat_train = tmp_path / 'other'; (flat_train / 'train').mkdir(parents=True); sample_image('coffee').save(flat_train / 'train' / 'a.JPEG')
+    with pytest.raises(ValueError, match=r"train' holds images directly: expected .*/train/<wnid>/\*.JPEG \(or sort the images into class folders"):
+        ImageNetFolder(flat_train)
+
+
+VAL_ROWS = [('ILSVRC2012_val_00000002', 'n01443537 12 3 40 30 n01443537 1 1 9 9'), ('ILSVRC2012_val_00000001', 'n01484850 0 0 47 31'),
+            ('ILSVRC2012_val_00000003', 'n01443537 5 6 7 8')]
+
+
+def _flat_imagenet(root, rows=VAL_ROWS, csv_dir=None, wnids=('n01440764', 'n01443537', 'n01484850')):
+    "train/<wnid>/ with one image each, a flat val/ and a LOC_val_solution.csv in Kaggle's format (ImageId,PredictionString; boxes 'wnid x0 y0 x1 y1' repeated)."
+    _folder(root / 'train', list(wnids), n=1)
+    (root / 'val').mkdir(parents=True)
+    for image_id, _ in rows: sample_image('rocket').resize((20, 12)).save(root / 'val' / f'{image_id}.JPEG')
+    csv = (csv_dir or root) / 'LOC_val_solution.csv'
+    csv.write_text('ImageId,PredictionString\n' + ''.join(f'{i},{p} \n' for i, p in rows))
+    return csv
+
+
+def test_imagenet_flat_validation_folder_with_kaggle_csv(tmp_path):
+    _flat_imagenet(tmp_path)
+    ds = ImageNetFolder(tmp_path, 'val')
+    assert [p.name for p, _ in ds.samples] == [f'ILSVRC2012_val_0000000{i}.JPEG' for i in (1, 2, 3)]
+    assert ds.labels.tolist() == [2, 1, 1] and ds.classes == ['n01440764', 'n01443537', 'n01484850']
+    assert ds[0][0].shape == (3, 12, 20) and ds[2][1] == 1
+    assert torch.cat([y for _, y in DataLoader(ds, batch_size=2, num_workers=2)]).tolist() == [2, 1, 1]
+    assert len(ImageNetFolder(tmp_path, 'train')) == 3
+
+
+def test_imagenet_flat_validation_labels_by_path_and_in_the_kaggle_download(tmp_path):
+    kaggle = tmp_path / 'imagenet-object-localization-challenge'
+    root = kaggle / 'ILSVRC' / 'Data' / 'CLS-LOC'
+    csv = _flat_imagenet(root, csv_dir=kaggle.mkdir(parents=True) or kaggle)   # Kaggle puts the CSVs three levels above CLS-LOC
+    (kaggle / 'LOC_synset_mapping.txt').write_text('n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\nn01484850 great white shark\n')
+    ds = ImageNetFolder(root, 'val')
+    assert ds.labels.tolist() == [2, 1, 1] and ds.class_names[2] == 'great white shark'
+    moved = tmp_path / 'labels.csv'; csv.rename(moved)
+    assert ImageNetFolder(root, 'val', val_labels=moved).labels.tolist() == [2, 1, 1]
+    assert read_val_solution(moved) == {i: p.split()[0] for i, p in VAL_ROWS}
+
+
+def test_imagenet_flat_validation_errors(tmp_path):
+    csv = _flat_imagenet(tmp_path, rows=VAL_ROWS[:2])
+    sample_image('rocket').resize((20, 12)).save(tmp_path / 'val' / 'ILSVRC2012_val_00000009.JPEG')
+    with pytest.raises(ValueError, match=r"1 image\(s\) in '.*val' have no row in '.*LOC_val_solution.csv', e.g. \['ILSVRC2012_val_00000009.JPEG'\]"):
+        ImageNetFolder(tmp_path, 'val')
+    (tmp_path / 'val' / 'ILSVRC2012_val_00000009.JPEG').unlink()
+    csv.write_text(csv.read_text() + 'ILSVRC2012_val_00000003,n09999999 1 2 3 4\n')
+    sample_image('rocket').resize((20, 12)).save(tmp_path / 'val' / 'ILSVRC2012_val_00000003.JPEG')
+    with pytest.raises(ValueError, match=r"labels images with wnids \['n09999999'\] that are not class folders of"):
+        ImageNetFolder(tmp_path, 'val')
+    csv.write_text('image,label\nILSVRC2012_val_00000001,n01443537\n')
+    with pytest.raises(ValueError, match=r"must start with the header ImageId,PredictionString .*got \['image', 'label'\]"):
+        ImageNetFolder(tmp_path, 'val')
+    csv.write_text('ImageId,PredictionString\nILSVRC2012_val_00000001,\n')
+    with pytest.raises(ValueError, match="line 2: expected an image id and a PredictionString starting with its wnid"):
+        read_val_solution(csv)
+    csv.write_text('')
+    with pytest.raises(ValueError, match='got an empty file'):
+        read_val_solution(csv)
 
 
 # ---------------------------------------------------------------- single-image patches
