@@ -632,7 +632,8 @@ def measure_training(config, # a method's config dataclass (its `max_steps`, `ou
         stamps.append(time.perf_counter()); losses.append(float(t.metrics['loss']))
     trainer = make_trainer(dataclasses.replace(config, max_steps=warmup + steps, out_dir=None, resume=None), callbacks=[record])
     cuda = trainer.device.type == 'cuda'
-    if cuda: torch.cuda.reset_peak_memory_stats(trainer.device)
+    if cuda:  # CUDA must be initialised before its peak can be reset (else 'Invalid device argument')
+        torch.zeros((), device=trainer.device); torch.cuda.reset_peak_memory_stats(trainer.device)
     trainer.fit()
     if len(stamps) < warmup + steps:
         raise ValueError(f"the run stopped after {len(stamps)} steps ({trainer.total_steps} in its schedule): "

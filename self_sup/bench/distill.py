@@ -63,6 +63,7 @@ def paper_scale(steps: int = 300, # optimiser steps to run
                 num_workers: int = 8, # DataLoader workers making patches
                 precision: str = 'bf16', # autocast precision ('32' on CPUs without bf16)
                 out: str | None = None, # the results JSON to write
+                command: str | None = None, # the command line to record with the figures
                ) -> dict:
     "Images/s, peak memory and the first losses of the paper's CIFAR-10 recipe for `steps` steps."
     dev = get_device(device)
@@ -86,7 +87,7 @@ def paper_scale(steps: int = 300, # optimiser steps to run
     rate = batch_size * (len(times) - 1 - warm) / (times[-1] - times[warm]) if len(times) > 1 + warm else float('nan')
     peak = (torch.cuda.max_memory_allocated() / 2**30) if dev.type == 'cuda' else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     result = dict(device=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'CPU ({platform.processor() or platform.machine()})',
-                  command='python -m self_sup.bench distill --paper ' + ' '.join(sys.argv[1:]) if sys.argv else '',
+                  command=command,
                   config={k: str(v) for k, v in dataclasses.asdict(cfg).items()}, steps=steps, batch_size=batch_size,
                   images_per_second=rate, peak_memory_gib=peak, peak_memory_kind='torch.cuda.max_memory_allocated' if dev.type == 'cuda' else 'process max RSS',
                   first_losses=losses[:50], torch=torch.__version__)
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.paper:
         kw = dict(steps=4, batch_size=16, device='cpu', num_workers=0, precision='32') if args.quick else \
              dict(steps=args.steps, batch_size=args.batch_size if args.batch_size != 128 else 512, device=args.device, num_workers=args.workers)
-        r = paper_scale(data_root=args.data_root, out=args.out, **kw)
+        command = ' '.join(['python -m self_sup.bench distill'] + list(sys.argv[1:] if argv is None else argv))
+        r = paper_scale(data_root=args.data_root, out=args.out, command=command, **kw)
         print(f"paper recipe on {r['device']}: {r['images_per_second']:.0f} images/s, peak memory {r['peak_memory_gib']:.2f} GiB "
               f"({r['peak_memory_kind']}), first losses {[round(l, 4) for l in r['first_losses'][:5]]}")
         return r
