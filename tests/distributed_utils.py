@@ -35,3 +35,21 @@ def run_distributed(fn, world_size: int = 2, args: tuple = ()):
     for r, o in enumerate(outs):
         if not o['ok']: raise AssertionError(f'rank {r} failed:\n{o["error"]}')
     return [o['result'] for o in outs]
+
+
+class JoinedProcessGroup(Exception):
+    "Raised by the fake `init_process_group` of `fake_gpu_torchrun`: the point where a real run would join."
+
+
+def fake_gpu_torchrun(monkeypatch) -> list:
+    """Rank 1 of 2 under torchrun on a machine with GPUs, without starting a process group: returns the list
+    that records each `torch.cuda.set_device(i)` as ('set_device', i) and each backend asked for; the call to
+    `init_process_group` then raises `JoinedProcessGroup`."""
+    calls = []
+    def fake_init_process_group(backend, **kwargs):
+        calls.append(backend); raise JoinedProcessGroup
+    monkeypatch.setenv('WORLD_SIZE', '2'); monkeypatch.setenv('RANK', '1'); monkeypatch.setenv('LOCAL_RANK', '1')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda i: calls.append(('set_device', i)))
+    monkeypatch.setattr(dist, 'init_process_group', fake_init_process_group)
+    return calls

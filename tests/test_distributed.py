@@ -6,7 +6,7 @@ import torch.distributed as dist
 
 from self_sup.distributed import (all_gather_no_grad, all_gather_with_grad, all_reduce_mean, all_reduce_sum, backend_for_device,
                                   get_rank, get_world_size, init_distributed, is_distributed, is_main_process)
-from distributed_utils import run_distributed
+from distributed_utils import JoinedProcessGroup, fake_gpu_torchrun, run_distributed
 
 
 def _global_batch():
@@ -62,22 +62,12 @@ def test_backend_follows_the_device_not_the_machine(monkeypatch):
     with pytest.raises(ValueError, match="got 'gpu'"): backend_for_device('gpu')
 
 
-class _Joined(Exception): pass
-
-
 def test_init_distributed_under_torchrun_picks_the_backend_of_the_device(monkeypatch):
-    # what torchrun sets for the second of two processes, on a machine with GPUs; the process group itself is faked
-    calls = []
-    def fake_init_process_group(backend, **kwargs):
-        calls.append(backend); raise _Joined
-    monkeypatch.setenv('WORLD_SIZE', '2'); monkeypatch.setenv('RANK', '1'); monkeypatch.setenv('LOCAL_RANK', '1')
-    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
-    monkeypatch.setattr(torch.cuda, 'set_device', lambda i: calls.append(('set_device', i)))
-    monkeypatch.setattr(dist, 'init_process_group', fake_init_process_group)
+    calls = fake_gpu_torchrun(monkeypatch)
     for device, expected in [('cpu', ['gloo']), ('cuda', [('set_device', 1), 'nccl']), (None, [('set_device', 1), 'nccl'])]:
         calls.clear()
-        with pytest.raises(_Joined): init_distributed(device=device)
+        with pytest.raises(JoinedProcessGroup): init_distributed(device=device)
         assert calls == expected, (device, calls)
     calls.clear()
-    with pytest.raises(_Joined): init_distributed('gloo', device='cuda')   # an explicit backend wins
+    with pytest.raises(JoinedProcessGroup): init_distributed('gloo', device='cuda')   # an explicit backend wins
     assert calls == ['gloo']

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from self_sup.distributed import all_gather_with_grad, get_world_size
 from self_sup.train import Trainer, TrainConfig, epoch_batches, read_metrics
-from distributed_utils import run_distributed
+from distributed_utils import JoinedProcessGroup, fake_gpu_torchrun, run_distributed
 
 
 # ---------------------------------------------------------------- small methods and data
@@ -210,22 +210,12 @@ def test_loader_pins_memory_for_cuda_only_and_passes_num_workers():
         assert (loader.pin_memory, loader.num_workers) == (True, workers)
 
 
-class _Joined(Exception): pass
-
-
 def test_trainer_backend_follows_config_device(monkeypatch):
-    # torchrun's environment for rank 1 of 2 on a machine with GPUs; the process group itself is faked
-    calls = []
-    def fake_init_process_group(backend, **kwargs):
-        calls.append(backend); raise _Joined
-    monkeypatch.setenv('WORLD_SIZE', '2'); monkeypatch.setenv('RANK', '1'); monkeypatch.setenv('LOCAL_RANK', '1')
-    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
-    monkeypatch.setattr(torch.cuda, 'set_device', lambda i: calls.append(('set_device', i)))
-    monkeypatch.setattr(dist, 'init_process_group', fake_init_process_group)
-    with pytest.raises(_Joined): Trainer(Contrastive(), Views(), replace(BASE, device='cpu'))
+    calls = fake_gpu_torchrun(monkeypatch)      # rank 1 of 2 under torchrun on a machine with GPUs, group faked
+    with pytest.raises(JoinedProcessGroup): Trainer(Contrastive(), Views(), replace(BASE, device='cpu'))
     assert calls == ['gloo']                         # a CPU run on a GPU machine: gloo, no GPU bound
     calls.clear()
-    with pytest.raises(_Joined): Trainer(Contrastive(), Views(), replace(BASE, device=None))
+    with pytest.raises(JoinedProcessGroup): Trainer(Contrastive(), Views(), replace(BASE, device=None))
     assert calls == [('set_device', 1), 'nccl']      # the default device there is the rank's GPU
 
 
