@@ -37,7 +37,7 @@ step paper_timetuning 150 python -m self_sup.bench paper --methods timetuning --
   --out-dir "$OUT/paper" ${TIMETUNING_VIDEO:+--timetuning-video "$TIMETUNING_VIDEO"}
 step paper_images 240 python -m self_sup.bench paper --methods rotnet simclr moco_v2 moco_v3 swav dino --steps "$(( steps / 2 ))" \
   --warmup 10 --workers "$workers" --out-dir "$OUT/paper" ${IMAGENET:+--data-path "$IMAGENET"}
-step distill_paper 90 python -m self_sup.bench distill --paper --steps 300 --out "$OUT/distill_paper.json"
+step distill_paper 90 python -m self_sup.bench distill --paper --steps 300 --workers "$workers" --out "$OUT/distill_paper.json"
 cp "$OUT/summary.txt" "$OUT/machine.txt" "$RESULTS/"
 tar czf "$RESULTS/gpu_results.tgz" -C "$(dirname "$OUT")" gpu_results && rm -rf "$OUT"
 cat "$RESULTS/summary.txt"

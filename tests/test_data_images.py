@@ -435,3 +435,12 @@ def test_image_complexity_of_a_file(tmp_path):
     assert c['png_bytes_per_pixel'] > c['jpeg_bytes_per_pixel'] > 0 and (c['width'], c['height']) == (512, 512)
     with pytest.raises(ValueError, match='size must be a positive number'):
         image_complexity('gravel', size=0)
+
+
+def test_pretraining_folder_has_no_held_out_split(tmp_path):
+    from self_sup.data.images import pretraining_images
+    for c in ('a', 'b'):
+        (tmp_path / c).mkdir(); PIL.Image.new('RGB', (8, 8)).save(tmp_path / c / '0.png')
+    assert len(pretraining_images('folder', tmp_path)) == 2
+    with pytest.raises(ValueError, match="dataset='folder' reads one class-per-folder root .* has no 'test' split"):
+        pretraining_images('folder', tmp_path, split='test')

@@ -166,3 +166,14 @@ def test_progress_bars_over_frames(monkeypatch, capsys):
     monkeypatch.setenv('SELF_SUP_PROGRESS', '0')
     propagate_video_masks(_colour, frames, masks[0])
     assert capsys.readouterr().err == ''
+
+
+def test_uint8_masks_with_void_pixels_score_like_long_ones():
+    # PNG annotations load as uint8, where 255 marks void pixels: they must not read as -1 (frame not annotated)
+    _, masks = _sequence()
+    pred, gt = masks.clone(), masks.clone()
+    pred[:, 20:24, 8:16] = 0; gt[:, 0, 0] = 255
+    expected = evaluate_davis_masks(pred, gt)
+    got = evaluate_davis_masks(pred.to(torch.uint8), gt.to(torch.uint8))
+    assert got.frames == expected.frames == [1, 2]
+    torch.testing.assert_close((got.J, got.F), (expected.J, expected.F))

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ('n_images', 'workers', 'batch_size', 'photo_size'):
         if getattr(a, name) < (0 if name == 'workers' else 1):
             p.error(f"--{name.replace('_', '-')} must be {'non-negative' if name == 'workers' else 'positive'}, got {getattr(a, name)}")
+    cores, load = os.cpu_count() or 1, os.getloadavg()[0] if hasattr(os, 'getloadavg') else None  # before this run adds its own
     image = benchmark_photo(a.photo_size)
     if a.input == 'tensor':
         import torchvision.transforms.v2.functional as F
@@ -79,7 +80,6 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(threads)
     steady, overall = loader_throughput(transform, image, a.n_images, a.workers, a.batch_size)
     ratio = steady / single
-    cores, load = os.cpu_count() or 1, os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
     print(f"MultiCropTransform 2x{a.global_size} + {a.n_local}x{a.local_size} (DINO recipe) on astronaut "
           f"{a.photo_size}x{a.photo_size} ({a.input}), {a.n_images} images"
           + (f", load average {load:.1f} on {cores} cores" if load is not None else ''))

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/50e_bench.distill.ipynb #6bb6f2da
 from __future__ import annotations
-import argparse, dataclasses, json, platform, resource, statistics, sys, tempfile, time
+import argparse, dataclasses, json, platform, resource, shlex, statistics, sys, tempfile, time
 from pathlib import Path
 
 import torch
@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from .patches import items_per_second
 from ..core import get_device
 from ..data.images import SingleImagePatches, write_cifar
-from ..methods.distill import (Classifier, Distiller, PatchBatches, distill_student, edge_strokes, first_item,
+from ..methods.distill import (Classifier, Distiller, PatchBatches, distill_student, edge_strokes,
                                       load_task, paper_config, save_classifier)
 
 # %% auto #0
@@ -72,26 +72,28 @@ def paper_scale(steps: int = 300, # optimiser steps to run
             g = torch.Generator().manual_seed(0)
             imgs = lambda n: torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
             data_root = write_cifar(Path(tmp) / 'cifar', (imgs(512), torch.arange(512) % 10), (imgs(500), torch.arange(500) % 10))
-        cfg = paper_config(data_root, teacher=str(save_classifier(Classifier('resnet18', 10, 3), Path(tmp) / 'teacher.pt')),
+        teacher = Classifier('resnet18', 10, 3)                     # random: speed only
+        cfg = paper_config(data_root, teacher=str(save_classifier(teacher, Path(tmp) / 'teacher.pt')),
                            steps=steps, batch_size=batch_size, device=str(dev), num_workers=num_workers, precision=precision,
                            eval_every=steps)
         task = load_task('cifar10', data_root)
-        teacher = Classifier('resnet18', 10, 3).to(dev).eval()
+        teacher = teacher.to(dev).eval()
         times, losses = [], []
         def record(trainer):
             if dev.type == 'cuda': torch.cuda.synchronize()
             times.append(time.perf_counter()); losses.append(trainer.metrics['loss'])
-        if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats()
+        if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats(dev)
         distill_student(cfg, task, teacher, callbacks=[record])
     warm = min(10, len(times) - 2) if len(times) > 2 else 0
     rate = batch_size * (len(times) - 1 - warm) / (times[-1] - times[warm]) if len(times) > 1 + warm else float('nan')
-    peak = (torch.cuda.max_memory_allocated() / 2**30) if dev.type == 'cuda' else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = (torch.cuda.max_memory_allocated(dev) / 2**30) if dev.type == 'cuda' else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     result = dict(device=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'CPU ({platform.processor() or platform.machine()})',
                   command=command,
                   config={k: str(v) for k, v in dataclasses.asdict(cfg).items()}, steps=steps, batch_size=batch_size,
                   images_per_second=rate, peak_memory_gib=peak, peak_memory_kind='torch.cuda.max_memory_allocated' if dev.type == 'cuda' else 'process max RSS',
                   first_losses=losses[:50], torch=torch.__version__)
-    if out is not None: Path(out).write_text(json.dumps(result, indent=1))
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True); Path(out).write_text(json.dumps(result, indent=1))
     return result
 
 # %% ../../nbs/50e_bench.distill.ipynb #377ee746
@@ -99,8 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     "Command line: patches/s of the data pipeline against patches/s consumed by the student, and their ratio."
     p = argparse.ArgumentParser(prog='python -m self_sup.bench distill', description='Patch pipeline of single-image distillation against the student it feeds, in the same run.')
     p.add_argument('--image', default='astronaut', help='sample image name or path (default: astronaut)')
-    p.add_argument('--batch-size', type=int, default=128, help='patches per step (default: 128, the demo)')
-    p.add_argument('--workers', type=int, default=2, help='DataLoader workers of the data pipeline (default: 2)')
+    p.add_argument('--batch-size', type=int, default=None, help='patches per step (default: 128, the demo; --paper: 512)')
+    p.add_argument('--workers', type=int, default=None, help="DataLoader workers of the data pipeline (default: 2; --paper: the recipe's 8)")
     p.add_argument('--seconds', type=float, default=3.0, help='measuring time per pipeline and round (default: 3)')
     p.add_argument('--rounds', type=int, default=3, help='interleaved rounds, median reported (default: 3)')
     p.add_argument('--threads', type=int, default=1, help='torch threads of the main process (default: 1)')
@@ -113,13 +115,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.paper:
         kw = dict(steps=4, batch_size=16, device='cpu', num_workers=0, precision='32') if args.quick else \
-             dict(steps=args.steps, batch_size=args.batch_size if args.batch_size != 128 else 512, device=args.device, num_workers=args.workers)
-        command = ' '.join(['python -m self_sup.bench distill'] + list(sys.argv[1:] if argv is None else argv))
+             dict(steps=args.steps, batch_size=args.batch_size or 512, device=args.device,
+                  **({} if args.workers is None else dict(num_workers=args.workers)))
+        command = shlex.join(['python', '-m', 'self_sup.bench', 'distill'] + list(sys.argv[1:] if argv is None else argv))
         r = paper_scale(data_root=args.data_root, out=args.out, command=command, **kw)
         print(f"paper recipe on {r['device']}: {r['images_per_second']:.0f} images/s, peak memory {r['peak_memory_gib']:.2f} GiB "
               f"({r['peak_memory_kind']}), first losses {[round(l, 4) for l in r['first_losses'][:5]]}")
         return r
     widths = (32, 64, 128)
+    args.batch_size, args.workers = args.batch_size or 128, 2 if args.workers is None else args.workers
     if args.quick: args.seconds, args.rounds, args.batch_size, args.workers, widths = 0.2, 1, 32, 1, (8, 16)
     old = torch.get_num_threads()
     torch.set_num_threads(args.threads)

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/50f_bench.methods.ipynb #817b9089
 from __future__ import annotations
-import argparse, copy, os, statistics, time
+import argparse, copy, os, time
 from contextlib import contextmanager
 
 import numpy as np
@@ -71,7 +71,8 @@ def kit_dino(a) -> float:
 def _kit_run(method: nn.Module, transform, a) -> float:
     steps = a.warmup + a.steps
     stamps = []
-    cfg = TrainConfig(epochs=1, batch_size=a.batch_size, lr=1e-4, warmup_epochs=0, clip_grad=None, num_workers=0, seed=0)
+    cfg = TrainConfig(epochs=1, batch_size=a.batch_size, lr=1e-4, warmup_epochs=0, clip_grad=None, num_workers=0, seed=0,
+                      device='cpu')   # lightly's loops run on the CPU: so does the kit, also on a GPU machine
     with _quiet_progress():
         trainer = Trainer(method, PhotoCrops(a.batch_size * steps, transform=transform), cfg, callbacks=[lambda t: stamps.append(time.perf_counter())])
         trainer._setup()

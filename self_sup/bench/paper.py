@@ -4,7 +4,7 @@
 
 # %% ../../nbs/50g_bench.paper.ipynb #039ef1ae
 from __future__ import annotations
-import argparse, json, math, sys, tempfile
+import argparse, json, math, shlex, sys, tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument('--cpu', action='store_true',
                    help=f'a tiny end-to-end run on the CPU: {CPU_SETTINGS}, clips per step {CPU_BATCH_SIZE}; options given explicitly win')
     a = p.parse_args(argv)
-    command = ' '.join(['python -m self_sup.bench paper'] + list(sys.argv[1:] if argv is None else argv))
+    command = shlex.join(['python', '-m', 'self_sup.bench', 'paper'] + list(sys.argv[1:] if argv is None else argv))
     s = dict(steps=300, warmup=20, batch_size=None, num_workers=None, device=None, precision=None, images=4096)
     if a.cpu: s.update(CPU_SETTINGS)
     given = dict(steps=a.steps, warmup=a.warmup, batch_size=a.batch_size, num_workers=a.workers, device=a.device, images=a.images)

@@ -443,6 +443,9 @@ def pretraining_images(dataset: str, # 'digits' (built-in digits on photos), 'ci
         raise ValueError(f"data_path is required for dataset={dataset!r}: the folder holding {PRETRAINING_DATASETS[dataset]}")
     if dataset == 'cifar10': return CIFAR10(data_path, split, transform=transform)
     if dataset == 'imagenet': return ImageNetFolder(data_path, split, transform=transform)
+    if split != 'train':   # a class-per-folder root has no held-out split of its own
+        raise ValueError(f"dataset='folder' reads one class-per-folder root ({str(data_path)!r}) and has no {split!r} split; "
+                         "point data_path at the held-out folder itself, with split='train'")
     return ImageFolder(data_path, transform=transform)
 
 # %% ../../nbs/01_data.images.ipynb #bf074eda

@@ -174,6 +174,7 @@ def evaluate_davis_masks(pred_masks: Tensor, # predicted integer masks [T, H, W]
     if pred_masks.is_floating_point() or gt_masks.is_floating_point():
         raise TypeError("pred_masks and gt_masks must be integer label maps (0 background, 1..K objects); "
                         "turn soft maps into labels with onehot_to_labels first")
+    gt_masks = gt_masks.long()                       # uint8 PNG masks: 255 is void, not a wrapped -1
     missing = (gt_masks == -1).flatten(1)
     if int(gt_masks.min()) < -1: raise ValueError(f"gt_masks hold {int(gt_masks.min())}; ids are 0..K, 255 (void) or -1 (frame not annotated)")
     partly = (missing.any(1) & ~missing.all(1)).nonzero().flatten().tolist()
