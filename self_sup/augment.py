@@ -513,7 +513,7 @@ def mix_images(images: Tensor, # a batch [B, C, H, W] or clips [B, C, T, H, W] /
     if params.box is None: return params.lam * images + (1 - params.lam) * images[index]
     top, bottom, left, right = params.box
     mixed = images.clone()
-    mixed[..., top:bottom, left:right] = images[index][..., top:bottom, left:right]
+    mixed[..., top:bottom, left:right] = images[..., top:bottom, left:right][index]   # copy the boxes only, not the batch
     return mixed
 
 def mix_targets(targets: Tensor, # class indices [B] (with `num_classes`) or soft targets [B, K]
@@ -543,7 +543,7 @@ def cutmix(images: Tensor, # a batch [B, C, H, W] or clips [B, C, T, H, W]; any 
            return_params: bool = False, # also return the `MixParams` (lam = the share of pixels kept)
           ) -> Tensor | tuple:
     "Paste one box from a permuted partner into every image (every frame); returns the batch [, mixed soft targets] [, params]."
-    _check_batch(images); _check_alpha(alpha)
+    _check_batch(images)
     params = cutmix_params(images.shape[0], *images.shape[-2:], alpha, generator)
     return _mixed_output(mix_images(images, params), targets, params, num_classes, return_params)
 

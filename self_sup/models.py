@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import timm
 import torch
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from .core import check_positive, check_in, load_checkpoint
+from .core import check_positive, load_checkpoint
 
 # %% auto #0
 __all__ = ['BACKBONES', 'available_backbones', 'SmallCNN', 'BackboneOutput', 'Backbone', 'create_backbone',

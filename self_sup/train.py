@@ -6,9 +6,9 @@
 from __future__ import annotations
 import csv, dataclasses, fnmatch, hashlib, json, math, os, random, signal, threading, time, warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch

@@ -2,7 +2,6 @@
 import torch
 
 import pytest
-import torch.distributed as dist
 
 from self_sup.distributed import (all_gather_no_grad, all_gather_with_grad, all_reduce_mean, all_reduce_sum, backend_for_device,
                                   get_rank, get_world_size, init_distributed, is_distributed, is_main_process)

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from self_sup.distributed import all_gather_with_grad, get_world_size

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/50d_bench.video.ipynb #c0ea67d3
 from __future__ import annotations
-import argparse, os, random, shutil, tempfile, time
+import argparse, random, shutil, tempfile, time
 from pathlib import Path
 
 import decord

@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.ops import roi_align
 
-from ..core import check_positive, check_in, progress
+from ..core import check_positive, check_in, check_int, progress
 
 # %% auto #0
 __all__ = ['VIDEO_EXTENSIONS', 'CACHE_HEADER', 'CACHE_FRAMES', 'CACHE_VERSION', 'BUILTIN_DAVIS_SEQUENCES', 'resized_size',
@@ -440,8 +440,8 @@ def fake_video(image, # PIL image, array [H, W, C] or tensor [C, H, W]
 def davis_palette(n: int = 256, # number of colours (ids 0 .. n-1)
                  ) -> np.ndarray: # uint8 [n, 3]
     "The colours of DAVIS and PASCAL VOC masks, one RGB row per object id: 0 black, 1 (128,0,0), 2 (0,128,0), 3 (128,128,0), ..."
-    check_positive('n', n)
-    palette = np.zeros((int(n), 3), dtype=np.uint8)
+    n = check_int('n', n)
+    palette = np.zeros((n, 3), dtype=np.uint8)
     for i in range(int(n)):
         c, r, g, b = i, 0, 0, 0
         for j in range(8):  # spread the bits of the id over the high bits of r, g, b

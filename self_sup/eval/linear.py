@@ -5,7 +5,7 @@
 # %% ../../nbs/31_eval.linear.ipynb #0d00bde9
 from __future__ import annotations
 import math
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch

@@ -5,7 +5,7 @@
 # %% ../../nbs/14_methods.dino.ipynb #d6d21f6d
 from __future__ import annotations
 import copy, dataclasses, math, time, warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
 import torch
@@ -327,7 +327,8 @@ def measure_training(config: DINOConfig, # the recipe (its `max_steps` and `out_
                      steps: int = 300, # timed optimiser steps
                      warmup: int = 20, # untimed steps first (at least 1)
                      out: str | None = None, # a JSON file to write the figures to
+                     command: str | None = None, # the command line to record with the figures
                     ) -> dict:
     "Train `warmup + steps` steps of `config`; images/s over the timed steps, peak GPU memory, the losses."
     from self_sup import train as _train                  # the trainer's generic measurement, with DINO's make_trainer
-    return _train.measure_training(config, make_trainer, steps, warmup, out)
+    return _train.measure_training(config, make_trainer, steps, warmup, out, command)

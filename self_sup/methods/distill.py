@@ -17,11 +17,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..augment import cutmix
-from ..core import (check_in, check_positive, check_range, get_device, load_checkpoint, progress,
+from ..core import (check_in, check_int, check_positive, check_range, get_device, load_checkpoint, progress,
                            save_checkpoint, seed_everything)
 from ..data.images import (CIFAR10, CIFAR100, SAMPLE_IMAGES, BuiltinDigits, SingleImagePatches, as_rgb_image,
                                   image_complexity)
-from ..models import create_backbone, load_weights
+from ..models import create_backbone
 from ..train import Trainer, TrainConfig
 
 # %% auto #0
@@ -442,10 +442,6 @@ class AccuracyMonitor:
 # %% ../../nbs/17_methods.distill.ipynb #6cfe69a4
 def _is_int(v) -> bool: return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if not _is_int(value) or value < minimum: raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
 def _check_source(name: str, image) -> str:
     if not isinstance(image, (str, os.PathLike)) or not str(image):
         raise ValueError(f"{name} must be a sample image name (one of {SAMPLE_IMAGES}), 'real' or an image path, got {image!r}")
@@ -496,8 +492,8 @@ class DistillConfig:
         check_in('task', self.task, TASKS)
         self.image = _check_source('image', self.image)
         self.teacher = _check_teacher('teacher', self.teacher)
-        for name in ('teacher_epochs', 'steps', 'batch_size', 'top_k', 'eval_every'): _check_int(name, getattr(self, name))
-        for name in ('num_workers', 'seed', 'patch_size', 'threads'): _check_int(name, getattr(self, name), 0)
+        for name in ('teacher_epochs', 'steps', 'batch_size', 'top_k', 'eval_every'): check_int(name, getattr(self, name))
+        for name in ('num_workers', 'seed', 'patch_size', 'threads'): check_int(name, getattr(self, name), 0)
         if 0 < self.patch_size < 8: raise ValueError(f"patch_size must be 0 (the task's size) or at least 8 pixels, got {self.patch_size}")
         check_positive('lr', self.lr); check_positive('temperature', self.temperature)
         check_positive('weight_decay', self.weight_decay, allow_zero=True)
@@ -766,9 +762,9 @@ class VideoDistillConfig:
     def __post_init__(self):
         self.image = _check_source('image', self.image)
         if self.image == 'real': raise ValueError("image must be a sample image name or an image path ('real' is not a video source)")
-        for name in ('n_frames', 'teacher_epochs', 'steps', 'batch_size', 'eval_every'): _check_int(name, getattr(self, name))
+        for name in ('n_frames', 'teacher_epochs', 'steps', 'batch_size', 'eval_every'): check_int(name, getattr(self, name))
         if self.n_frames < 2: raise ValueError(f"n_frames must be at least 2 (motion needs two frames), got {self.n_frames}")
-        _check_int('num_workers', self.num_workers, 0); _check_int('seed', self.seed, 0)
+        check_int('num_workers', self.num_workers, 0); check_int('seed', self.seed, 0)
         check_positive('lr', self.lr); check_positive('temperature', self.temperature)
         check_in('patch_style', self.patch_style, PATCH_STYLES); check_in('labels', self.labels, VIDEO_LABELS)
         self.widths = tuple(self.widths)
@@ -781,7 +777,6 @@ def distill_video(config: VideoDistillConfig, # the run
     seed_everything(c.seed)
     task = moving_digits_task(c.n_frames, labels=c.labels, seed=c.seed)
     source = FakeVideos(c.image, c.n_frames, task.size, length=c.steps * c.batch_size, seed=c.seed)
-    teacher_acc = None
     if teacher is None:
         teacher = FrameWiseVideoClassifier('small_cnn', task.num_classes, 1, widths=c.widths)
         tc = TrainConfig(epochs=c.teacher_epochs, batch_size=32, optimizer='adamw', lr=2e-3, final_lr=2e-6, warmup_epochs=0.2,
@@ -789,9 +784,9 @@ def distill_video(config: VideoDistillConfig, # the run
                          num_workers=c.num_workers, checkpoint_every=0)
         Trainer(SupervisedClassification(teacher, jitter=False), task.train, tc).fit()
     teacher.eval()
-    teacher_acc = accuracy(teacher, task.test, batch_size=200)
     if getattr(teacher, 'num_classes', task.num_classes) != task.num_classes:
         raise ValueError(f"the video teacher predicts {teacher.num_classes} classes, but the task (labels={c.labels!r}) has {task.num_classes}")
+    teacher_acc = accuracy(teacher, task.test, batch_size=200)
     student = FrameWiseVideoClassifier('small_cnn', task.num_classes, 1, widths=c.widths)
     transform = edge_strokes if c.patch_style == 'edges' else None
     data = PatchBatches(source, c.batch_size, num_batches=c.steps, transform=transform)
@@ -908,8 +903,8 @@ class DemoConfig:
         self.image = _check_source('image', self.image)
         if self.image == 'real': raise ValueError("image must be a sample image name or an image path; for the real images use upper_bound=True")
         self.teacher = _check_teacher('teacher', self.teacher)
-        for name in ('steps', 'batch_size', 'teacher_epochs'): _check_int(name, getattr(self, name))
-        for name in ('num_workers', 'seed', 'threads'): _check_int(name, getattr(self, name), 0)
+        for name in ('steps', 'batch_size', 'teacher_epochs'): check_int(name, getattr(self, name))
+        for name in ('num_workers', 'seed', 'threads'): check_int(name, getattr(self, name), 0)
         check_in('task', self.task, ('mnist', 'photo'))
         if self.out_dir is None or not str(self.out_dir): raise ValueError(f"out_dir must be a folder path, got {self.out_dir!r}")
         self.out_dir = Path(self.out_dir).expanduser()

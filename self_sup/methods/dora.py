@@ -4,7 +4,7 @@
 
 # %% ../../nbs/15_methods.dora.ipynb #8d749ce0
 from __future__ import annotations
-import copy, dataclasses
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Sequence

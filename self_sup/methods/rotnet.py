@@ -8,7 +8,6 @@ import dataclasses, math
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2 as v2

@@ -8,7 +8,6 @@ import dataclasses, math
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2 as v2
@@ -16,7 +15,7 @@ from torch import Tensor, nn
 
 from ..augment import IMAGENET_MEAN, IMAGENET_STD, SimCLRTransform
 from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
-from ..distributed import all_gather_with_grad, get_rank, get_world_size
+from ..distributed import all_gather_with_grad, get_rank
 from ..models import ProjectionMLP, create_backbone
 from ..train import Trainer, TrainConfig
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..augment import ViewTransform
-from ..core import check_in, check_positive, check_range, check_int
+from ..core import check_in, check_positive, check_range, check_int, check_fraction_pair
 from ..models import Backbone, Prototypes, create_backbone, freeze_all_but_last_blocks, param_groups_weight_decay
 from ..propagation import TIMETUNING_RADIUS, check_propagation_options, onehot_to_labels, propagate_labels_batched
 from ..sinkhorn import SINKHORN_PRESETS, sinkhorn_knopp
@@ -284,10 +284,7 @@ class TimeTuningConfig:
         for name in ('sinkhorn_eps', 'propagation_temperature', 'score_temperature', 'lr'): check_positive(name, getattr(self, name))
         for name in ('backbone_lr_scale', 'weight_decay', 'weight_decay_end'): check_positive(name, getattr(self, name), allow_zero=True)
         check_range('teacher_momentum', self.teacher_momentum, 0, 1)
-        try: lo, hi = (float(v) for v in self.crop_scale)
-        except (TypeError, ValueError): raise ValueError(f"crop_scale must be two numbers (low, high), got {self.crop_scale!r}") from None
-        if not 0 < lo <= hi <= 1: raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale!r}")
-        self.crop_scale = (lo, hi)
+        self.crop_scale = check_fraction_pair('crop_scale', self.crop_scale)
         if not str(self.backbone).startswith('vit'): raise ValueError(f"backbone must be a ViT, got {self.backbone!r}")
         if self.weights is not None and not Path(self.weights).is_file():
             raise FileNotFoundError(f"weights {self.weights!r} does not exist (a local checkpoint of the pretrained backbone is expected)")
