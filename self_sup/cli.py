@@ -162,7 +162,8 @@ def _classification_data(cfg: ClassificationEvalConfig):
 def _features(cfg, data):
     from self_sup.eval.knn import extract_features
     model, prepare = load_encoder(cfg), _prepare(cfg)
-    return extract_features(lambda x: model(prepare(x)), data, batch_size=cfg.batch_size)
+    # the model is a function of the input here (prepare, then encode): name the device it runs on
+    return extract_features(lambda x: model(prepare(x)), data, batch_size=cfg.batch_size, device=next(model.parameters()).device)
 
 def eval_knn(cfg: ClassificationEvalConfig) -> dict:
     "Weighted kNN accuracy (DINO protocol) of the encoder's frozen features; prints and returns {k: top-1 %}."

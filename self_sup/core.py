@@ -98,7 +98,8 @@ def set_rng_state(state: dict, # what `rng_state` returned
 # %% ../nbs/00_core.ipynb #c6a9d3cc
 def get_device(device: str | torch.device | None = None, # 'cpu', 'cuda', 'cuda:1', 'mps', or None to pick the best available
               ) -> torch.device:
-    "The `torch.device` to run on: `device` if given and available, else CUDA when present, else the CPU."
+    "The `torch.device` to run on: `device` if given and available, else $SELF_SUP_DEVICE if set, else CUDA when present, else the CPU."
+    if (device is None or device == 'auto') and os.environ.get('SELF_SUP_DEVICE'): device = os.environ['SELF_SUP_DEVICE']
     if device is None or device == 'auto':
         if torch.cuda.is_available(): return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
         return torch.device('cpu')

@@ -165,7 +165,7 @@ def collapse_report(probs: Tensor, # output distributions [..., K] (rows sum to 
     if not isinstance(probs, Tensor) or probs.ndim < 2 or probs.shape[-1] < 2:
         raise ValueError(f"probs must be distributions [..., K] with K >= 2 over a batch, got {tuple(probs.shape) if isinstance(probs, Tensor) else type(probs).__name__}")
     p = probs.detach().float().reshape(-1, probs.shape[-1])
-    if (p < -1e-6).any() or not torch.allclose(p.sum(-1), torch.ones(len(p)), atol=1e-3):
+    if (p < -1e-6).any() or not torch.allclose(p.sum(-1), p.new_ones(len(p)), atol=1e-3):
         raise ValueError("probs must be probability distributions (non-negative, each row summing to 1); pass softmax outputs, not logits")
     log_k = math.log(p.shape[-1])
     entropy = float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())

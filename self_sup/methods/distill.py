@@ -843,7 +843,7 @@ def teacher_top_k(teacher: nn.Module, # the teacher: images -> logits
                  ) -> tuple[Tensor, Tensor]:
     "The teacher's k best guesses for each input: probabilities [N, k] (temperature 1) and class indices [N, k]."
     was = teacher.training; teacher.eval()
-    try: p = F.softmax(teacher(x).float(), 1)
+    try: p = F.softmax(teacher(x.to(next(teacher.parameters()).device)).float(), 1)
     finally: teacher.train(was)
     top = p.topk(min(k, p.shape[1]), dim=1)
     return top.values, top.indices
