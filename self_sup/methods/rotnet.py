@@ -16,12 +16,13 @@ from torch import Tensor, nn
 from ..augment import IMAGENET_MEAN, IMAGENET_STD, rotations
 from ..core import check_in, check_positive, check_range, check_int
 from ..models import create_backbone
+from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train
 from ..train import Trainer, TrainConfig
 
 # %% auto #0
-__all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'DATASETS', 'CPU_PRESET', 'RotNetConfig', 'NetworkInNetwork', 'create_encoder',
-           'rotnet_loss', 'step_lr_factor', 'RotNet', 'stage_names', 'IntermediateFeatures', 'rotnet_transform',
-           'rotnet_dataset', 'train_config', 'make_trainer', 'train']
+__all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'DATASETS', 'CPU_PRESET', 'RECIPE', 'RotNetConfig', 'NetworkInNetwork',
+           'create_encoder', 'rotnet_loss', 'step_lr_factor', 'RotNet', 'stage_names', 'IntermediateFeatures',
+           'rotnet_transform', 'rotnet_dataset', 'train_config']
 
 # %% ../../nbs/10_methods.rotnet.ipynb #b542ade5
 CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)   # the normalisation of RotNet's CIFAR code
@@ -36,9 +37,8 @@ def _check_stats(name: str, value, positive: bool = False) -> tuple[float, ...]:
     return v
 
 @dataclass
-class RotNetConfig:
+class RotNetConfig(RunConfig):
     "RotNet's recipe (defaults: the paper's CIFAR-10 NIN run); `preset='cpu'` for a CPU-sized run on the built-in digits."
-    preset: Literal['paper', 'cpu'] = 'paper' # 'paper': the defaults below; 'cpu': small values (see CPU_PRESET) for fields left at the paper's default
     # data
     dataset: Literal['cifar10', 'imagenet', 'folder', 'digits'] = 'cifar10' # 'cifar10' (the python pickles), 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*) or 'digits' (built-in digits on photos)
     data_path: str | None = None # the dataset's root folder (not needed for 'digits')
@@ -52,7 +52,7 @@ class RotNetConfig:
     backbone: str = 'nin' # 'nin' (the paper's Network-In-Network) or a `self_sup.models` backbone name
     nin_blocks: int = 4 # NIN: number of conv blocks (the paper: 3, 4 or 5)
     nin_width: int = 192 # NIN: channels of the wide layers (the narrow ones scale with it: 160, 96)
-    # optimisation
+    # optimisation (the shared fields that differ from RunConfig's defaults, and RotNet's own)
     epochs: int = 200 # passes over the training images
     batch_size: int = 128 # images per process; each gives 4 rotated copies
     optimizer: Literal['sgd', 'adamw', 'lars'] = 'sgd' # optimiser
@@ -63,32 +63,14 @@ class RotNetConfig:
     momentum: float = 0.9 # SGD/LARS momentum
     nesterov: bool = True # Nesterov momentum (SGD)
     weight_decay: float = 5e-4 # weight decay, on every parameter as in the paper's code
-    precision: Literal['32', 'bf16', 'fp16'] = '32' # '32', 'bf16' (CPU or GPU) or 'fp16' (GPU)
-    # running
-    device: str | None = None # 'cpu', 'cuda', ... or None: this rank's GPU if there is one
-    num_workers: int = 4 # DataLoader workers per process
-    seed: int = 0 # seeds weights, data order and augmentations
-    out_dir: str | None = None # where checkpoint.pt, metrics.csv and config.json go (None: nothing is written)
-    resume: str | None = None # a checkpoint path or 'auto' (out_dir's checkpoint if there is one)
-    max_steps: int | None = None # stop after this many optimiser steps (the schedules still span `epochs`)
-    checkpoint_every: int = 1000 # steps between checkpoints
-    log_every: int = 10 # steps between rows of metrics.csv
 
     def __post_init__(self):
-        check_in('preset', self.preset, ['paper', 'cpu'])
-        if self.preset == 'cpu':
-            defaults = {f.name: f.default for f in dataclasses.fields(RotNetConfig)}
-            for name, value in CPU_PRESET.items():
-                if getattr(self, name) == defaults[name]: setattr(self, name, value)
+        super().__post_init__()   # the preset (CPU_PRESET for 'cpu') fills the fields not given, shared fields checked
         check_in('dataset', self.dataset, DATASETS)
-        check_in('optimizer', self.optimizer, ['sgd', 'adamw', 'lars'])
         check_in('lr_schedule', self.lr_schedule, ['step', 'cosine'])
-        self.precision = str(self.precision)
-        check_in('precision', self.precision, ['32', 'bf16', 'fp16'])
-        for name in ('image_size', 'nin_blocks', 'nin_width', 'epochs', 'batch_size', 'log_every'): check_int(name, getattr(self, name), 1)
-        for name in ('crop_padding', 'num_workers', 'seed', 'checkpoint_every'): check_int(name, getattr(self, name), 0)
-        for name in ('resize', 'max_steps'):
-            if getattr(self, name) is not None: check_int(name, getattr(self, name), 1)
+        for name in ('image_size', 'nin_blocks', 'nin_width'): check_int(name, getattr(self, name), 1)
+        check_int('crop_padding', self.crop_padding, 0)
+        if self.resize is not None: check_int('resize', self.resize, 1)
         if self.backbone == 'nin' and self.nin_blocks < 3:
             raise ValueError(f"nin_blocks must be an integer >= 3 (the paper's NIN has 3, 4 or 5 blocks), got {self.nin_blocks!r}")
         check_positive('lr', self.lr)
@@ -109,6 +91,8 @@ CPU_PRESET = dict(
     dataset='digits', image_size=28, crop_padding=2, mean=IMAGENET_MEAN, std=IMAGENET_STD, nin_width=16,
     epochs=5, batch_size=64, lr_milestones=(4,), num_workers=0, log_every=1,
 )
+RotNetConfig.PRESETS = {'paper': {}, 'cpu': CPU_PRESET}   # explicit values always win over a preset's
+
 
 # %% ../../nbs/10_methods.rotnet.ipynb #347a2ba5
 def _conv_bn_relu(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
@@ -332,22 +316,9 @@ def train_config(config: RotNetConfig, # the recipe
                        out_dir=config.out_dir, resume=config.resume, max_steps=config.max_steps,
                        checkpoint_every=config.checkpoint_every, log_every=config.log_every)
 
-def make_trainer(config: RotNetConfig | None = None, # the recipe; None: `RotNetConfig()` (CIFAR-10: needs data_path)
-                 callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
-                ) -> Trainer:
-    "A `Trainer` holding RotNet, the dataset and the options that `config` describes (nothing runs yet)."
-    config = RotNetConfig() if config is None else config
-    if not isinstance(config, RotNetConfig): raise TypeError(f"config must be a RotNetConfig, got {type(config).__name__}")
-    data = rotnet_dataset(config)
-    tc = train_config(config)
-    torch.manual_seed(config.seed)
-    method = RotNet.from_config(config, in_chans=getattr(data, 'in_chans', 3))
-    return Trainer(method, data, tc, callbacks=callbacks)
+def _rotnet_method(config: RotNetConfig, data) -> RotNet:
+    return RotNet.from_config(config, in_chans=getattr(data, 'in_chans', 3))
 
-def train(config: RotNetConfig | None = None, # the recipe; None: `RotNetConfig()` (CIFAR-10 NIN: needs data_path)
-          callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
-         ) -> RotNet:
-    "Train RotNet as `config` says; returns the trained method (`.backbone` is the encoder)."
-    trainer = make_trainer(config, callbacks)
-    trainer.fit()
-    return trainer.method
+RECIPE = register_recipe(Recipe('rotnet', RotNetConfig, dataset=rotnet_dataset, method=_rotnet_method, train_config=train_config,
+                                help='RotNet: predict image rotations (Gidaris et al. 2018)'))
+
