@@ -14,8 +14,8 @@ from .core import check_positive, get_device, progress
 # %% auto #0
 __all__ = ['COMMANDS', 'field_help', 'add_dataclass_arguments', 'dataclass_from_args', 'config_or_exit', 'EncoderConfig',
            'load_encoder', 'ClassificationEvalConfig', 'eval_knn', 'eval_linear', 'VideoEvalConfig', 'eval_davis',
-           'eval_dense', 'FakeVideosConfig', 'fake_videos', 'CacheVideoConfig', 'cache_video_command', 'build_parser',
-           'main', 'console']
+           'eval_dense', 'FakeVideosConfig', 'fake_videos', 'CacheVideoConfig', 'cache_video_command', 'commands',
+           'build_parser', 'main', 'console']
 
 # %% ../nbs/51_cli.ipynb #289314b3
 def field_help(cls: type) -> dict[str, str]:
@@ -50,7 +50,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, # the parser (or su
         tp, optional = _unwrap_optional(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        kw: dict[str, Any] = dict(dest=f.name, default=default, help=f"{helps.get(f.name, '')} (default: {default!r})")
+        # only the options given reach the config (SUPPRESS): a recipe's preset fills the rest, and an explicit value always wins
+        shown = str(default) if isinstance(default, Path) else repr(default)
+        kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{helps.get(f.name, '')} (default: {shown})")
         if tp is bool:
             kw['action'] = argparse.BooleanOptionalAction
         elif get_origin(tp) is Literal:
@@ -284,8 +286,9 @@ def cache_video_command(cfg: CacheVideoConfig) -> Path:
 
 # %% ../nbs/51_cli.ipynb #27baf56d
 COMMANDS: dict[str, tuple[str, str | None, str, str]] = {
-    # name: (module, config class or None, function, one-line help); a config of None: the command parses its own options
-    'train rotnet': ('self_sup.methods.rotnet', 'RotNetConfig', 'train', 'RotNet: predict image rotations (Gidaris et al. 2018)'),
+    # name: (module, config class or None, function, one-line help); a config of None: the command parses its own options.
+    # `train NAME` for each registered method comes from the recipe registry (`commands()`); the entries below are
+    # the commands that are not a method's training.
     'train simclr': ('self_sup.methods.simclr', 'SimCLRConfig', 'train', 'SimCLR: contrast augmented views (Chen et al. 2020)'),
     'train moco': ('self_sup.methods.moco', 'MoCoConfig', 'train', 'MoCo v2/v3: momentum contrast (He et al. 2020, Chen et al. 2021)'),
     'train swav': ('self_sup.methods.swav', 'SwAVConfig', 'train', 'SwAV: swapped prediction of Sinkhorn codes (Caron et al. 2020)'),
@@ -304,9 +307,16 @@ COMMANDS: dict[str, tuple[str, str | None, str, str]] = {
     'bench': ('self_sup.bench.__main__', None, 'main', 'run a benchmark: self_sup bench NAME [options]'),
 }
 
+def commands() -> dict[str, tuple[str, str | None, str, str]]:
+    "Every command: `train NAME` for each recipe in the registry (`self_sup.recipes.recipes()`), then `COMMANDS`."
+    from self_sup.recipes import recipes
+    train = {f'train {n}': (r.config.__module__, r.config.__name__, 'train', r.help) for n, r in recipes().items()}
+    return train | {k: v for k, v in COMMANDS.items() if k not in train}
+
+
 # %% ../nbs/51_cli.ipynb #35abdabd
 def _config_class(command: str):
-    module, cfg_name, _, _ = COMMANDS[command]
+    module, cfg_name, _, _ = commands()[command]
     return getattr(importlib.import_module(module), cfg_name)
 
 def build_parser(command: str | None = None, # build this command's options (importing its module); None: only the names
@@ -315,12 +325,13 @@ def build_parser(command: str | None = None, # build this command's options (imp
     parser = argparse.ArgumentParser(prog='self_sup', description='Self-supervised learning from images and videos.')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     groups, leaves = {}, {}
-    for name, (module, cfg_name, fn, help_) in COMMANDS.items():
+    table = commands()
+    for name, (module, cfg_name, fn, help_) in table.items():
         words = name.split()
         if len(words) == 2:
             if words[0] not in groups:
                 g = sub.add_parser(words[0], help=f'{words[0]} commands: ' + ', '.join(
-                    n.split()[1] for n in COMMANDS if n.startswith(words[0] + ' ')))
+                    n.split()[1] for n in table if n.startswith(words[0] + ' ')))
                 groups[words[0]] = g.add_subparsers(dest='subcommand', metavar='NAME', required=True)
             sp = groups[words[0]].add_parser(words[1], help=help_, description=help_)
         elif cfg_name is None:
@@ -333,15 +344,16 @@ def build_parser(command: str | None = None, # build this command's options (imp
 
 def _command_of(argv: list[str]) -> str | None:
     "The command `argv` names ('train dino', 'demo', ...), or None."
-    if len(argv) >= 2 and ' '.join(argv[:2]) in COMMANDS: return ' '.join(argv[:2])
-    if argv and argv[0] in COMMANDS: return argv[0]
+    table = commands()
+    if len(argv) >= 2 and ' '.join(argv[:2]) in table: return ' '.join(argv[:2])
+    if argv and argv[0] in table: return argv[0]
     return None
 
 def main(argv: list[str] | None = None):
     "Entry point of the `self_sup` console script."
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_of(argv)
-    if command is not None and COMMANDS[command][1] is None:  # a command with its own parser
+    if command is not None and commands()[command][1] is None:  # a command with its own parser
         return _run(command, None, argv[1:])
     parser, leaves = build_parser(command)
     args = parser.parse_args(argv)
@@ -350,7 +362,7 @@ def main(argv: list[str] | None = None):
     return _run(command, cfg, None)
 
 def _run(command: str, cfg, rest: list[str] | None):
-    module, _, fn, _ = COMMANDS[command]
+    module, _, fn, _ = commands()[command]
     try:
         run = getattr(importlib.import_module(module), fn)
         return run(rest) if cfg is None else run(cfg)
