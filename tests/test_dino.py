@@ -62,7 +62,7 @@ def test_missing_data_path_and_bad_folder(tmp_path):
         dino_dataset(DINOConfig())
     with pytest.raises(FileNotFoundError, match='nowhere'):
         dino_dataset(DINOConfig(dataset='folder', data_path=str(tmp_path / 'nowhere')))
-    with pytest.raises(TypeError, match='config must be a DINOConfig'):
+    with pytest.raises(TypeError, match="config must be a method's config"):
         make_trainer(TrainConfig())
 
 
@@ -99,6 +99,18 @@ def test_two_processes_equal_one_process():
 
 
 # ---------------------------------------------------------------- command line and end-to-end run
+@pytest.mark.parametrize('n', [64, 32])
+def test_explicit_value_wins_over_the_cpu_preset(n):
+    assert DINOConfig(preset='cpu', batch_size=n).batch_size == n
+    assert DINOCPUConfig(batch_size=n).batch_size == n
+
+
+def test_recipes_registered():
+    from self_sup.recipes import get_recipe, recipe_of
+    assert get_recipe('dino').config is DINOConfig and get_recipe('dino-cpu').config is DINOCPUConfig
+    assert recipe_of(DINOCPUConfig()).name == 'dino-cpu'
+
+
 def test_config_through_the_generated_command_line():
     from self_sup.cli import add_dataclass_arguments, dataclass_from_args
     parser = add_dataclass_arguments(argparse.ArgumentParser(), DINOCPUConfig)
@@ -112,7 +124,10 @@ def test_config_through_the_generated_command_line():
     assert 'teacher temperature after the warm-up' in helps and '--warmup-teacher-temp-epochs' in helps
     paper = add_dataclass_arguments(argparse.ArgumentParser(), DINOConfig)
     assert dataclass_from_args(DINOConfig, paper.parse_args([])) == DINOConfig()
-    assert paper.get_default('backbone') == 'vit_small_patch16' and paper.get_default('out_dim') == 65536
+    paper_help = ' '.join(paper.format_help().split())
+    assert "(default: 'vit_small_patch16')" in paper_help and '(default: 65536)' in paper_help
+    cpu = dataclass_from_args(DINOConfig, paper.parse_args(['--preset', 'cpu', '--batch-size', '64']))
+    assert (cpu.batch_size, cpu.backbone) == (64, 'vit_tiny_patch16')   # given explicitly: kept, although it is the paper's value
 
 
 def test_train_cpu_config_end_to_end(tmp_path):

@@ -15,18 +15,19 @@ from ..augment import MultiCropTransform
 from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
 from ..losses import DINOLoss, collapse_report, dino_teacher_probs
 from ..models import Backbone, DINOHead, create_backbone, param_groups_weight_decay
+from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train
 from ..train import Trainer, TrainConfig, ema_update, linear_schedule
 
 # %% auto #0
-__all__ = ['DATASETS', 'DINOConfig', 'DINOCPUConfig', 'MultiCropNetwork', 'teacher_copy', 'DINO', 'dino_transform',
-           'dino_dataset', 'train_config', 'make_trainer', 'train', 'measure_training']
+__all__ = ['DATASETS', 'RECIPE', 'CPU_RECIPE', 'DINOConfig', 'DINOCPUConfig', 'MultiCropNetwork', 'teacher_copy', 'DINO',
+           'dino_transform', 'dino_dataset', 'train_config', 'measure_training']
 
 # %% ../../nbs/14_methods.dino.ipynb #9e3b220f
 DATASETS = ('imagenet', 'folder', 'digits')
 
 @dataclass
-class DINOConfig:
-    "DINO's recipe; the defaults are the paper's ViT-S/16 run (README 'boosted' form) on ImageNet."
+class DINOConfig(RunConfig):
+    "DINO's recipe; the defaults are the paper's ViT-S/16 run (README 'boosted' form) on ImageNet; `preset='cpu'` for a CPU-sized run on the built-in digits."
     # data
     dataset: Literal['imagenet', 'folder', 'digits'] = 'imagenet' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*) or 'digits' (built-in digits on photos)
     data_path: str | None = None # the dataset's root folder ('imagenet', 'folder')
@@ -52,40 +53,26 @@ class DINOConfig:
     student_temp: float = 0.1 # student temperature
     center_momentum: float = 0.9 # momentum of the teacher centre (1.0 switches centering off)
     momentum_teacher: float = 0.996 # EMA momentum at the start (cosine to 1)
-    # optimisation
+    # optimisation (the shared fields whose paper value differs from RunConfig's, and DINO's own)
     epochs: int = 300 # passes over the training data
-    batch_size: int = 64 # images per process (GPU)
-    optimizer: Literal['adamw', 'sgd', 'lars'] = 'adamw' # optimiser
     lr: float = 5e-4 # peak learning rate for a global batch of 256 (scaled linearly with the global batch)
     min_lr: float = 1e-6 # learning rate at the end of the cosine
     warmup_epochs: float = 10 # linear learning-rate warm-up, epochs
-    weight_decay: float = 0.04 # weight decay at the start
-    weight_decay_end: float = 0.4 # weight decay at the end (cosine)
+    weight_decay_end: float = 0.4 # weight decay at the end (cosine; `weight_decay` is the start)
     clip_grad: float = 3.0 # clip each parameter's gradient norm to this (0: no clipping)
     freeze_last_layer: int = 1 # epochs during which the head's last layer is not updated
     precision: Literal['32', 'bf16', 'fp16'] = 'bf16' # '32', 'bf16' (CPU or GPU) or 'fp16' (GPU)
     # running
-    device: str | None = None # 'cpu', 'cuda', ... or None: this rank's GPU if there is one
     num_workers: int = 10 # DataLoader workers per process
-    seed: int = 0 # seeds weights, data order and augmentations
-    out_dir: str | None = None # where checkpoint.pt, metrics.csv and config.json go (None: nothing is written)
-    resume: str | None = None # a checkpoint path or 'auto' (out_dir's checkpoint if there is one)
-    max_steps: int | None = None # stop after this many optimiser steps (the schedules still span `epochs`)
-    checkpoint_every: int = 1000 # steps between checkpoints
-    log_every: int = 10 # steps between rows of metrics.csv
     collapse_check_every: int = 50 # steps between collapse checks of the teacher's outputs (0: never)
 
     def __post_init__(self):
+        super().__post_init__()   # the preset fills the fields not given, the shared fields are checked
         check_in('dataset', self.dataset, DATASETS)
-        check_in('optimizer', self.optimizer, ['adamw', 'sgd', 'lars'])
-        self.precision = str(self.precision)
-        check_in('precision', self.precision, ['32', 'bf16', 'fp16'])
-        for name in ('global_size', 'local_size', 'out_dim', 'hidden_dim', 'bottleneck_dim', 'epochs', 'batch_size',
-                     'checkpoint_every', 'log_every'):
-            check_int(name, getattr(self, name), 0 if name == 'checkpoint_every' else 1)
-        for name in ('n_local', 'warmup_teacher_temp_epochs', 'freeze_last_layer', 'num_workers', 'seed', 'collapse_check_every'):
+        for name in ('global_size', 'local_size', 'out_dim', 'hidden_dim', 'bottleneck_dim'): check_int(name, getattr(self, name), 1)
+        for name in ('n_local', 'warmup_teacher_temp_epochs', 'freeze_last_layer', 'collapse_check_every'):
             check_int(name, getattr(self, name), 0)
-        for name in ('patch_size', 'depth', 'max_steps'):
+        for name in ('patch_size', 'depth'):
             if getattr(self, name) is not None: check_int(name, getattr(self, name), 1)
         for name in ('teacher_temp', 'warmup_teacher_temp', 'student_temp', 'lr'): check_positive(name, getattr(self, name))
         for name in ('min_lr', 'warmup_epochs', 'weight_decay', 'weight_decay_end', 'clip_grad'): check_positive(name, getattr(self, name), allow_zero=True)
@@ -98,35 +85,17 @@ class DINOConfig:
             self.data_path = str(self.data_path)
 
 
-
 # %% ../../nbs/14_methods.dino.ipynb #bdc265ef
+DINOConfig.PRESETS = {'paper': {}, 'cpu': dict(
+    dataset='digits', global_size=28, n_local=4, local_size=14, local_scale=(0.1, 0.4), backbone='vit_tiny_patch16',
+    patch_size=7, depth=4, drop_path_rate=0.0, out_dim=256, hidden_dim=512, bottleneck_dim=128, teacher_temp=0.04,
+    warmup_teacher_temp_epochs=0, momentum_teacher=0.99, epochs=5, batch_size=128, lr=2e-3, warmup_epochs=1,
+    weight_decay_end=0.1, precision='32', num_workers=1, log_every=1)}
+
 @dataclass
 class DINOCPUConfig(DINOConfig):
-    "DINO at CPU scale: a small ViT on the built-in digits on photos (28x28), a few minutes of training."
-    dataset: Literal['imagenet', 'folder', 'digits'] = 'digits' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*) or 'digits' (built-in digits on photos)
-    global_size: int = 28 # side of the 2 global crops, pixels
-    n_local: int = 4 # number of local crops
-    local_size: int = 14 # side of a local crop, pixels (a multiple of the patch size)
-    local_scale: tuple[float, float] = (0.1, 0.4) # area fraction of a local crop
-    backbone: str = 'vit_tiny_patch16' # a `self_sup.models` backbone name
-    patch_size: int | None = 7 # ViTs: override the patch size; None: the backbone's own
-    depth: int | None = 4 # ViTs: override the number of blocks; None: the backbone's own
-    drop_path_rate: float = 0.0 # stochastic depth of the student (ViTs)
-    out_dim: int = 256 # K, output dimension of the head
-    hidden_dim: int = 512 # head MLP width
-    bottleneck_dim: int = 128 # head bottleneck before the weight-normalised last layer
-    norm_last_layer: bool = False # fix the last layer's weight-norm gains to 1
-    teacher_temp: float = 0.04 # teacher temperature after the warm-up
-    warmup_teacher_temp_epochs: int = 0 # epochs of the linear teacher-temperature warm-up
-    momentum_teacher: float = 0.99 # EMA momentum at the start (cosine to 1)
-    epochs: int = 5 # passes over the training data
-    batch_size: int = 128 # images per process
-    lr: float = 2e-3 # peak learning rate for a global batch of 256
-    warmup_epochs: float = 1 # linear learning-rate warm-up, epochs
-    weight_decay_end: float = 0.1 # weight decay at the end (cosine)
-    precision: Literal['32', 'bf16', 'fp16'] = '32' # '32', 'bf16' (CPU or GPU) or 'fp16' (GPU)
-    num_workers: int = 1 # DataLoader workers per process
-    log_every: int = 1 # steps between rows of metrics.csv
+    "DINO at CPU scale: `DINOConfig` with the 'cpu' preset (a small ViT on the built-in digits on photos, a few minutes of training)."
+    preset: str = 'cpu' # a named set of values applied before the ones given (DINOConfig.PRESETS)
 
 # %% ../../nbs/14_methods.dino.ipynb #f10248e3
 class MultiCropNetwork(nn.Module):
@@ -302,25 +271,14 @@ def train_config(config: DINOConfig, # the recipe
                        out_dir=config.out_dir, resume=config.resume, max_steps=config.max_steps,
                        checkpoint_every=config.checkpoint_every, log_every=config.log_every)
 
-def make_trainer(config: DINOConfig | None = None, # the recipe; None: `DINOConfig()`
-                 callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
-                ) -> Trainer:
-    "A `Trainer` holding DINO, the dataset and the options that `config` describes (nothing runs yet)."
-    config = DINOConfig() if config is None else config
-    if not isinstance(config, DINOConfig): raise TypeError(f"config must be a DINOConfig, got {type(config).__name__}")
-    data = dino_dataset(config)
-    tc = train_config(config)   # checked before the (slow) model is built
-    torch.manual_seed(config.seed)
-    method = DINO.from_config(config, in_chans=getattr(data, 'in_chans', 3))
-    return Trainer(method, data, tc, callbacks=callbacks)
+def _dino(config: DINOConfig, data) -> DINO:
+    return DINO.from_config(config, in_chans=getattr(data, 'in_chans', 3))
 
-def train(config: DINOConfig | None = None, # the recipe; None: `DINOConfig()` (ViT-S/16 on ImageNet: needs data_path)
-          callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
-         ) -> DINO:
-    "Train DINO as `config` says; returns the trained method (`.backbone` is the teacher's encoder)."
-    trainer = make_trainer(config, callbacks)
-    trainer.fit()
-    return trainer.method
+RECIPE = register_recipe(Recipe('dino', DINOConfig, dataset=dino_dataset, method=_dino, train_config=train_config,
+                                help='DINO: self-distillation with no labels (Caron et al. 2021)'))
+CPU_RECIPE = register_recipe(Recipe('dino-cpu', DINOCPUConfig, dataset=dino_dataset, method=_dino, train_config=train_config,
+                                    help='DINO at CPU scale on the built-in digits on photos', paper_runs={'dino-cpu': {}}))
+
 
 # %% ../../nbs/14_methods.dino.ipynb #bace598a
 def measure_training(config: DINOConfig, # the recipe (its `max_steps` and `out_dir` are replaced)
@@ -330,5 +288,5 @@ def measure_training(config: DINOConfig, # the recipe (its `max_steps` and `out_
                      command: str | None = None, # the command line to record with the figures
                     ) -> dict:
     "Train `warmup + steps` steps of `config`; images/s over the timed steps, peak GPU memory, the losses."
-    from self_sup import train as _train                  # the trainer's generic measurement, with DINO's make_trainer
+    from self_sup import train as _train                  # the trainer's generic measurement, with the recipes' make_trainer
     return _train.measure_training(config, make_trainer, steps, warmup, out, command)
