@@ -81,8 +81,11 @@ for nb in sorted(Path('nbs').glob('*.ipynb')):
     if j.is_file(): notebooks[f'nbs/{nb.name}'] = next(iter(json.loads(j.read_text()).values()))
     else: notebooks[f'nbs/{nb.name}'] = 'failed: did not finish (timed out or crashed)' + (
         f"; last line: {log.read_text().strip().splitlines()[-1][:200]}" if log.is_file() and log.read_text().strip() else '')
+sys.path.insert(0, 'tests')
+from smoke import SMOKE
 train_file = logs / 'train.json'
-train = json.loads(train_file.read_text()) if train_file.is_file() else {'all': 'failed: tests/smoke.py did not finish'}
+train = json.loads(train_file.read_text()) if train_file.is_file() else {}
+train = {name: train.get(name, 'failed: not run (no time left, or tests/smoke.py crashed)') for name in SMOKE}
 summary = dict(notebooks=notebooks, train=train, machine=(logs / 'machine.txt').read_text().strip().splitlines(),
                commit=commit, date=time.strftime('%Y-%m-%d'))
 (results / 'summary.json').write_text(json.dumps(summary, indent=1) + '\n')
