@@ -506,10 +506,10 @@ def color_jitter_batch(x: Tensor, # images [N, 3, H, W] in [0, 1]
             pick = (lambda f: f) if idx is None else (lambda f: f[idx])
             if op == 0: y = (y * view(pick(brightness))).clamp(0, 1)
             elif op == 1:
-                c = view(pick(contrast)); m = (y * _GREY).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+                c = view(pick(contrast)); m = (y * _GREY.to(y)).sum(1, keepdim=True).mean((2, 3), keepdim=True)
                 y = (c * y + (1 - c) * m).clamp(0, 1)
             elif op == 2:
-                s = view(pick(saturation)); y = (s * y + (1 - s) * (y * _GREY).sum(1, keepdim=True)).clamp(0, 1)
+                s = view(pick(saturation)); y = (s * y + (1 - s) * (y * _GREY.to(y)).sum(1, keepdim=True)).clamp(0, 1)
             else:
                 hsv = rgb_to_hsv(y)
                 hsv = torch.cat((torch.remainder(hsv[:, :1] + view(pick(hue)), 1.0), hsv[:, 1:]), 1)
@@ -555,7 +555,7 @@ def _patch_geometry(u: np.ndarray, # uniforms [N, >=26] from `index_uniforms`
 
 def _affine_grid(theta: Tensor, size: int) -> Tensor:
     "`F.affine_grid(theta, [N, 1, size, size], align_corners=False)`, computed directly (several times faster on the CPU)."
-    lin = (torch.arange(size, dtype=theta.dtype) * 2 + 1) / size - 1
+    lin = (torch.arange(size, dtype=theta.dtype, device=theta.device) * 2 + 1) / size - 1
     xs, ys = lin.view(1, 1, size), lin.view(1, size, 1)
     t = theta.reshape(-1, 6, 1, 1).unbind(1)
     return torch.stack((t[0] * xs + t[1] * ys + t[2], t[3] * xs + t[4] * ys + t[5]), -1)
