@@ -16,7 +16,7 @@ SMOKE: dict[str, tuple[list[str], str]] = {
     'moco_v2': (['train', 'moco', '--version', 'v2', '--preset', 'cpu', '--batch-size', '16', '--queue-size', '64', *STEPS], 'bf16'),
     'moco_v3': (['train', 'moco', '--version', 'v3', '--preset', 'cpu', '--batch-size', '16', *STEPS], 'bf16'),
     'swav': (['train', 'swav', '--preset', 'cpu', '--batch-size', '16', '--queue-length', '0', *STEPS], 'bf16'),
-    'dino': (['train', 'dino-cpu', '--batch-size', '16', *STEPS], 'bf16'),
+    'dino': (['train', 'dino', '--preset', 'cpu', '--batch-size', '16', *STEPS], 'bf16'),
     'dora': (['train', 'dora', '--preset', 'cpu', '--batch-size', '2', '--cache-dir', '{out}/cache', *STEPS], 'bf16'),
     'timetuning': (['train', 'timetuning', '--preset', 'cpu', '--batch-size', '2', '--cache-dir', '{out}/cache', *STEPS], 'bf16'),
     'distill': (['distill', '--teacher-epochs', '1', '--steps', '3', '--eval-every', '3', '--batch-size', '16', '--widths', '8', '16'], None),
