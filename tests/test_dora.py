@@ -166,6 +166,12 @@ def test_bad_inputs(tiny_video, tmp_path):
         DoRAConfig(batch_size=0)
 
 
+@pytest.mark.parametrize('n', [6, 3])
+def test_explicit_value_wins_over_the_cpu_preset(n):
+    assert DoRAConfig(preset='cpu', batch_size=n).batch_size == n
+    assert DoRAConfig(preset='cpu', checkpoint_every=1000).checkpoint_every == 1000    # was replaced by the preset's 0
+
+
 def test_command_line_round_trip():
     from self_sup.cli import add_dataclass_arguments, config_or_exit
     parser = add_dataclass_arguments(argparse.ArgumentParser(), DoRAConfig)
@@ -173,4 +179,6 @@ def test_command_line_round_trip():
                                                                  '--video', 'bikes', '--max-steps', '5']))
     assert (cfg.use_tracking_masks, cfg.pre_scale, cfg.max_steps, cfg.backbone) == (False, (0.3, 1.0), 5, 'vit_tiny_patch16')
     assert config_or_exit(parser, DoRAConfig, parser.parse_args([])) == DoRAConfig()
+    cpu = config_or_exit(parser, DoRAConfig, parser.parse_args(['--preset', 'cpu', '--checkpoint-every', '1000', '--batch-size', '6']))
+    assert (cpu.checkpoint_every, cpu.batch_size, cpu.backbone) == (1000, 6, 'vit_tiny_patch16')
 

