@@ -2,7 +2,7 @@
 a 2-process training run against 1 process with twice the batch, bad configs, the command-line fields, and
 `train` end to end on the CPU from an image folder. (The loss against its naive reference, shapes and the
 method's outputs are tested in nbs/11_methods.simclr.ipynb.)"""
-import argparse
+import argparse, dataclasses
 
 import pytest
 import torch
@@ -114,7 +114,7 @@ def test_two_process_training_equals_one_process_with_twice_the_batch(two_proces
     (dict(batch_size=0), 'batch_size must be an integer >= 1, got 0'),
     (dict(proj_hidden_dim=0), 'proj_hidden_dim must be an integer >= 1, got 0'),
     (dict(blur_p=1.5), 'blur_p must lie in [0, 1], got 1.5'),
-    (dict(optimizer='adam'), "optimizer must be one of ['lars', 'sgd', 'adamw'], got 'adam'"),
+    (dict(optimizer='adam'), "optimizer must be one of ['adamw', 'sgd', 'lars'], got 'adam'"),
     (dict(precision='16'), "precision must be one of ['32', 'bf16', 'fp16'], got '16'"),
     (dict(preset='gpu'), "preset must be one of ['paper', 'cpu'], got 'gpu'"),
     (dict(crop_scale=(0.0, 1.0)), 'crop_scale must satisfy 0 < low <= high <= 1, got (0.0, 1.0)'),
@@ -132,6 +132,13 @@ def test_every_field_is_documented_for_the_command_line():
     parser = add_dataclass_arguments(argparse.ArgumentParser(), SimCLRConfig)
     cfg = dataclass_from_args(SimCLRConfig, parser.parse_args(['--preset', 'cpu', '--crop-scale', '0.3', '1', '--temperature', '0.2', '--no-gather-negatives']))
     assert (cfg.crop_scale, cfg.temperature, cfg.gather_negatives, cfg.backbone) == ((0.3, 1.0), 0.2, False, 'small_cnn')
+
+
+@pytest.mark.parametrize('batch_size', [256, 64])   # the paper's batch and another: both win over the cpu preset's 128
+def test_an_explicit_batch_size_wins_over_the_preset_on_the_command_line(batch_size):
+    parser = add_dataclass_arguments(argparse.ArgumentParser(), SimCLRConfig)
+    cfg = dataclass_from_args(SimCLRConfig, parser.parse_args(['--preset', 'cpu', '--batch-size', str(batch_size)]))
+    assert (cfg.batch_size, cfg.backbone, cfg.lr) == (batch_size, 'small_cnn', 1e-3)
 
 
 def test_bad_batches():
@@ -166,7 +173,7 @@ def test_train_end_to_end_from_a_folder_on_the_cpu(tmp_path):
     assert x.shape == (3, 32, 32)
     with torch.no_grad(): assert method.backbone.eval()(x[None]).shape == (1, 128)
     # the run continues from its checkpoint
-    method = train(SimCLRConfig(**{**cfg.__dict__, 'max_steps': 5, 'resume': 'auto'}))
+    method = train(dataclasses.replace(cfg, max_steps=5, resume='auto'))
     assert len((tmp_path / 'run' / 'metrics.csv').read_text().splitlines()) == 6
 
 

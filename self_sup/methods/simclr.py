@@ -6,7 +6,7 @@
 from __future__ import annotations
 import dataclasses, math
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,69 +17,58 @@ from ..augment import IMAGENET_MEAN, IMAGENET_STD, SimCLRTransform
 from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
 from ..distributed import all_gather_with_grad, get_rank
 from ..models import ProjectionMLP, create_backbone
-from ..train import Trainer, TrainConfig
+from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train
+from ..train import TrainConfig
 
 # %% auto #0
-__all__ = ['DATASETS', 'PAPER_RECIPE', 'CPU_PRESET', 'SimCLRConfig', 'nt_xent_logits', 'nt_xent', 'SimCLR', 'simclr_transform',
-           'eval_transform', 'simclr_dataset', 'train_config', 'make_trainer', 'train']
+__all__ = ['DATASETS', 'RECIPE', 'SimCLRConfig', 'nt_xent_logits', 'nt_xent', 'SimCLR', 'simclr_transform', 'eval_transform',
+           'simclr_dataset', 'train_config']
 
 # %% ../../nbs/11_methods.simclr.ipynb #818b15c8
 DATASETS = ('imagenet', 'folder', 'cifar10', 'digits')
 
 @dataclass
-class SimCLRConfig:
+class SimCLRConfig(RunConfig):
     "SimCLR's recipe (defaults: the paper's ResNet-50 ImageNet run); `preset='cpu'` for a CPU-sized run on the built-in digits."
-    preset: Literal['paper', 'cpu'] = 'paper' # which recipe fills the fields left at None: 'paper' (PAPER_RECIPE) or 'cpu' (CPU_PRESET, the built-in digits)
     # data
-    dataset: Literal['imagenet', 'folder', 'cifar10', 'digits'] | None = None # paper: 'imagenet'; 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*), 'cifar10' (the python pickles) or 'digits' (built-in digits on photos)
+    dataset: Literal['imagenet', 'folder', 'cifar10', 'digits'] = 'imagenet' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*), 'cifar10' (the python pickles) or 'digits' (built-in digits on photos)
     data_path: str | None = None # the dataset's root folder (not needed for 'digits')
     # views
-    image_size: int | None = None # side of each view, pixels: paper 224 (CIFAR: 32)
-    crop_scale: tuple[float, float] | None = None # area fraction of the random resized crop: paper (0.08, 1)
-    color_strength: float | None = None # colour distortion strength s: paper 1.0 (ImageNet), 0.5 CIFAR
+    image_size: int = 224 # side of each view, pixels (CIFAR: 32)
+    crop_scale: tuple[float, float] = (0.08, 1.0) # area fraction of the random resized crop
+    color_strength: float = 1.0 # colour distortion strength s: 1.0 ImageNet, 0.5 CIFAR
     blur_p: float | None = None # probability of Gaussian blur; None: 0.5 for views of 64 pixels or more, else 0
     # networks
-    backbone: str | None = None # a `self_sup.models` backbone name: paper 'resnet50'
+    backbone: str = 'resnet50' # a `self_sup.models` backbone name
     proj_hidden_dim: int | None = None # width of the projection head's hidden layer; None: the encoder's embed_dim
     proj_dim: int = 128 # output size of the projection head
     proj_layers: int = 2 # Linear layers in the projection head
     # loss
-    temperature: float | None = None # tau: paper 0.1 (ImageNet, batch 4096), 0.5 for CIFAR-scale runs
+    temperature: float = 0.1 # tau: 0.1 (ImageNet, batch 4096), 0.5 for CIFAR-scale runs
     gather_negatives: bool = True # negatives from every process (all_gather with gradient); False: this process's batch only
-    # optimisation
-    epochs: int | None = None # passes over the training data: paper 1000
-    batch_size: int | None = None # images per process (two views each): 256 here, the paper 4096 in total
-    optimizer: Literal['lars', 'sgd', 'adamw'] | None = None # optimiser: paper 'lars'
-    lr: float | None = None # peak learning rate for a global batch of 256 (scaled linearly with the global batch): paper 0.3
+    # optimisation (the shared fields whose paper value differs from RunConfig's, and SimCLR's own)
+    epochs: int = 1000 # passes over the training data
+    batch_size: int = 256 # images per process (two views each); the paper 4096 in total
+    optimizer: Literal['adamw', 'sgd', 'lars'] = 'lars' # 'lars', 'sgd' or 'adamw'
+    lr: float = 0.3 # peak learning rate for a global batch of 256 (scaled linearly with the global batch)
     min_lr: float = 0.0 # learning rate at the end of the cosine
-    warmup_epochs: float | None = None # linear learning-rate warm-up, epochs: paper 10
-    weight_decay: float | None = None # weight decay (not on biases and BatchNorm parameters): paper 1e-6
+    warmup_epochs: float = 10 # linear learning-rate warm-up, epochs
+    weight_decay: float = 1e-6 # weight decay (not on biases and BatchNorm parameters)
     momentum: float = 0.9 # LARS/SGD momentum
-    sync_batchnorm: bool | None = None # BatchNorm statistics over all processes: paper True (global BN)
-    precision: Literal['32', 'bf16', 'fp16'] | None = None # '32', 'bf16' (CPU or GPU) or 'fp16' (GPU): paper 'bf16'
-    # running
-    device: str | None = None # 'cpu', 'cuda', ... or None: this rank's GPU if there is one
-    num_workers: int | None = None # DataLoader workers per process: paper 10
-    seed: int = 0 # seeds weights, data order and augmentations
-    out_dir: str | None = None # where checkpoint.pt, metrics.csv and config.json go (None: nothing is written)
-    resume: str | None = None # a checkpoint path or 'auto' (out_dir's checkpoint if there is one)
-    max_steps: int | None = None # stop after this many optimiser steps (the schedules still span `epochs`)
-    checkpoint_every: int = 1000 # steps between checkpoints
-    log_every: int | None = None # steps between rows of metrics.csv: paper 10
+    sync_batchnorm: bool = True # BatchNorm statistics over all processes (the paper's global BN)
+    precision: Literal['32', 'bf16', 'fp16'] = 'bf16' # '32', 'bf16' (CPU or GPU) or 'fp16' (GPU)
+    num_workers: int = 10 # DataLoader workers per process
+
+    PRESETS: ClassVar[dict[str, dict]] = {'paper': {}, 'cpu': dict(   # 'cpu': a few minutes on the built-in digits
+        dataset='digits', image_size=28, crop_scale=(0.2, 1.0), color_strength=0.5, backbone='small_cnn', temperature=0.2,
+        epochs=8, batch_size=128, optimizer='adamw', lr=1e-3, warmup_epochs=1, weight_decay=1e-4, sync_batchnorm=False,
+        precision='32', num_workers=1, log_every=1)}
 
     def __post_init__(self):
-        check_in('preset', self.preset, ['paper', 'cpu'])
-        recipe = dict(PAPER_RECIPE) | (CPU_PRESET if self.preset == 'cpu' else {})
-        for name, value in recipe.items():
-            if getattr(self, name) is None: setattr(self, name, value)
+        super().__post_init__()   # the preset sets the fields not given; the shared fields are checked
         check_in('dataset', self.dataset, DATASETS)
-        check_in('optimizer', self.optimizer, ['lars', 'sgd', 'adamw'])
-        self.precision = str(self.precision)
-        check_in('precision', self.precision, ['32', 'bf16', 'fp16'])
-        for name in ('image_size', 'proj_dim', 'proj_layers', 'epochs', 'batch_size', 'log_every'): check_int(name, getattr(self, name), 1)
-        for name in ('num_workers', 'seed', 'checkpoint_every'): check_int(name, getattr(self, name), 0)
-        for name in ('proj_hidden_dim', 'max_steps'):
-            if getattr(self, name) is not None: check_int(name, getattr(self, name), 1)
+        for name in ('image_size', 'proj_dim', 'proj_layers'): check_int(name, getattr(self, name), 1)
+        if self.proj_hidden_dim is not None: check_int('proj_hidden_dim', self.proj_hidden_dim, 1)
         check_positive('temperature', self.temperature)
         check_positive('lr', self.lr)
         for name in ('min_lr', 'warmup_epochs', 'weight_decay'): check_positive(name, getattr(self, name), allow_zero=True)
@@ -88,18 +77,6 @@ class SimCLRConfig:
         if self.blur_p is not None: check_range('blur_p', self.blur_p, 0, 1)
         self.crop_scale = check_fraction_pair('crop_scale', self.crop_scale)
         if self.data_path is not None: self.data_path = str(self.data_path)
-
-# %% ../../nbs/11_methods.simclr.ipynb #cd182b8a
-PAPER_RECIPE = dict(
-    dataset='imagenet', image_size=224, crop_scale=(0.08, 1.0), color_strength=1.0, backbone='resnet50', temperature=0.1,
-    epochs=1000, batch_size=256, optimizer='lars', lr=0.3, warmup_epochs=10, weight_decay=1e-6, sync_batchnorm=True,
-    precision='bf16', num_workers=10, log_every=10,
-)
-CPU_PRESET = dict(
-    dataset='digits', image_size=28, crop_scale=(0.2, 1.0), color_strength=0.5, backbone='small_cnn', temperature=0.2,
-    epochs=8, batch_size=128, optimizer='adamw', lr=1e-3, warmup_epochs=1, weight_decay=1e-4, sync_batchnorm=False,
-    precision='32', num_workers=1, log_every=1,
-)
 
 # %% ../../nbs/11_methods.simclr.ipynb #7bb7607d
 def nt_xent_logits(z1: Tensor, # [b, d] projections of the first view of each image (this process's)
@@ -224,22 +201,8 @@ def train_config(config: SimCLRConfig, # the recipe
                        num_workers=config.num_workers, seed=config.seed, out_dir=config.out_dir, resume=config.resume,
                        max_steps=config.max_steps, checkpoint_every=config.checkpoint_every, log_every=config.log_every)
 
-def make_trainer(config: SimCLRConfig | None = None, # the recipe; None: `SimCLRConfig()`
-                 callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
-                ) -> Trainer:
-    "A `Trainer` holding SimCLR, the dataset and the options that `config` describes (nothing runs yet)."
-    config = SimCLRConfig() if config is None else config
-    if not isinstance(config, SimCLRConfig): raise TypeError(f"config must be a SimCLRConfig, got {type(config).__name__}")
-    data = simclr_dataset(config)
-    tc = train_config(config)
-    torch.manual_seed(config.seed)
-    method = SimCLR.from_config(config, in_chans=getattr(data, 'in_chans', 3))
-    return Trainer(method, data, tc, callbacks=callbacks)
-
-def train(config: SimCLRConfig | None = None, # the recipe; None: `SimCLRConfig()` (ResNet-50 on ImageNet: needs data_path)
-          callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
-         ) -> SimCLR:
-    "Train SimCLR as `config` says; returns the trained method (`.backbone` is the encoder f)."
-    trainer = make_trainer(config, callbacks)
-    trainer.fit()
-    return trainer.method
+# %% ../../nbs/11_methods.simclr.ipynb #0c5e1f7a
+RECIPE = register_recipe(Recipe(
+    'simclr', SimCLRConfig, dataset=simclr_dataset, train_config=train_config,
+    method=lambda config, data: SimCLR.from_config(config, in_chans=getattr(data, 'in_chans', 3)),
+    help='SimCLR: contrast augmented views (Chen et al. 2020)'))
