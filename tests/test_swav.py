@@ -127,3 +127,11 @@ def test_command_line_round_trip():
     cfg = dataclass_from_args(SwAVConfig, parser.parse_args(['--preset', 'bs256', '--epsilon', '0.03', '--local-scale', '0.05', '0.2',
                                                              '--data-path', '/data/imagenet']))
     assert (cfg.preset, cfg.epsilon, cfg.local_scale, cfg.queue_length, cfg.lr) == ('bs256', 0.03, (0.05, 0.2), 3840, 0.6)
+
+
+@pytest.mark.parametrize('batch_size', [64, 32])   # the paper's batch and another: both win over the cpu preset's 128
+def test_an_explicit_batch_size_wins_over_the_preset_on_the_command_line(batch_size):
+    from self_sup.cli import add_dataclass_arguments, dataclass_from_args
+    parser = add_dataclass_arguments(argparse.ArgumentParser(), SwAVConfig)
+    cfg = dataclass_from_args(SwAVConfig, parser.parse_args(['--preset', 'cpu', '--batch-size', str(batch_size)]))
+    assert (cfg.batch_size, cfg.backbone, cfg.n_prototypes) == (batch_size, 'small_cnn', 128)

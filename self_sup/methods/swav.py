@@ -6,7 +6,7 @@
 from __future__ import annotations
 import dataclasses, math, warnings
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, ClassVar, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +18,12 @@ from ..distributed import all_gather_no_grad, get_rank, get_world_size
 from ..losses import CollapseReport, collapse_report
 from ..models import ProjectionMLP, Prototypes, create_backbone
 from ..sinkhorn import sinkhorn_knopp
-from ..train import Trainer, TrainConfig
+from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train
+from ..train import TrainConfig
 
 # %% auto #0
-__all__ = ['README_FIX', 'DATASETS', 'PRESETS', 'swav_codes', 'swav_loss', 'swav_collapse_report', 'SwAVConfig', 'swav_transform',
-           'SwAV', 'swav_dataset', 'train_config', 'make_trainer', 'train']
+__all__ = ['README_FIX', 'DATASETS', 'RECIPE', 'swav_codes', 'swav_loss', 'swav_collapse_report', 'SwAVConfig', 'swav_transform',
+           'SwAV', 'swav_dataset', 'train_config']
 
 # %% ../../nbs/13_methods.swav.ipynb #8b909b6b
 @torch.no_grad()
@@ -87,88 +88,60 @@ def swav_collapse_report(scores: Tensor, # [..., K] prototype scores (of the ass
 DATASETS = ('imagenet', 'folder', 'digits')
 
 @dataclass
-class SwAVConfig:
-    "SwAV's recipe: `preset` 'paper' (800 ep, batch 4096), 'bs256' (200 ep, batch 256, queue) or 'cpu' (built-in digits). `None` = the preset's value."
-    preset: Literal['paper', 'bs256', 'cpu'] = 'paper' # which recipe fills the fields left at None
+class SwAVConfig(RunConfig):
+    "SwAV's recipe (defaults: the paper's 800-epoch run); `preset` 'bs256' (200 ep, batch 256, queue) or 'cpu' (built-in digits)."
     # data
-    dataset: Literal['imagenet', 'folder', 'digits'] | None = None # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*) or 'digits' (built-in digits on photos)
+    dataset: Literal['imagenet', 'folder', 'digits'] = 'imagenet' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*) or 'digits' (built-in digits on photos)
     data_path: str | None = None # the dataset's root folder ('imagenet', 'folder')
     # views
-    global_size: int | None = None # side of the 2 global crops, pixels (224)
-    global_scale: tuple[float, float] | None = None # area fraction of a global crop (0.14, 1)
-    n_local: int | None = None # number of small crops (6)
-    local_size: int | None = None # side of a small crop, pixels (96)
-    local_scale: tuple[float, float] | None = None # area fraction of a small crop (0.05, 0.14)
-    blur: bool | None = None # Gaussian blur (p 0.5) in the views
+    global_size: int = 224 # side of the 2 global crops, pixels
+    global_scale: tuple[float, float] = (0.14, 1.0) # area fraction of a global crop
+    n_local: int = 6 # number of small crops
+    local_size: int = 96 # side of a small crop, pixels
+    local_scale: tuple[float, float] = (0.05, 0.14) # area fraction of a small crop
+    blur: bool = True # Gaussian blur (p 0.5) in the views
     # networks
-    backbone: str | None = None # a `self_sup.models` backbone name ('resnet50')
-    hidden_dim: int | None = None # projection MLP width (2048); 0: a linear projection
-    out_dim: int | None = None # dimension of z and of the prototypes (128)
-    n_prototypes: int | None = None # K (3000)
+    backbone: str = 'resnet50' # a `self_sup.models` backbone name
+    hidden_dim: int = 2048 # projection MLP width; 0: a linear projection
+    out_dim: int = 128 # dimension of z and of the prototypes
+    n_prototypes: int = 3000 # K
     # the method
     temperature: float = 0.1 # tau of the predictions
-    epsilon: float | None = None # entropy weight of the Sinkhorn codes (0.05; the README's collapse fix: 0.03)
+    epsilon: float = 0.05 # entropy weight of the Sinkhorn codes (the README's collapse fix: 0.03)
     sinkhorn_iterations: int = 3 # Sinkhorn-Knopp iterations
-    freeze_prototypes_niters: int | None = None # the prototypes get no update for this many optimiser steps (313 = one epoch at 4096)
-    queue_length: int | None = None # embeddings kept from earlier batches for the codes, all ranks together (0: no queue)
-    epoch_queue_starts: int | None = None # the queue is filled from this epoch on (and used once full)
-    sync_batchnorm: bool | None = None # SyncBN across processes
-    # optimisation
-    epochs: int | None = None # passes over the training data (800)
-    batch_size: int | None = None # images per process (64)
-    optimizer: Literal['adamw', 'sgd', 'lars'] | None = None # 'lars' (SGD + LARC in SwAV)
-    lr: float | None = None # peak learning rate, absolute (4.8 for batch 4096)
-    final_lr: float | None = None # learning rate at the end of the cosine (0.0048)
-    warmup_epochs: float | None = None # linear warm-up, epochs (10)
-    warmup_lr: float | None = None # learning rate at step 0 (0.3)
-    weight_decay: float | None = None # constant weight decay (1e-6)
-    precision: Literal['32', 'bf16', 'fp16'] | None = None # '32', 'bf16' (CPU or GPU) or 'fp16' (GPU)
-    # running
-    device: str | None = None # 'cpu', 'cuda', ... or None: this rank's GPU if there is one
-    num_workers: int | None = None # DataLoader workers per process
-    seed: int = 0 # seeds weights, data order and augmentations
-    out_dir: str | None = None # where checkpoint.pt, metrics.csv and config.json go (None: nothing is written)
-    resume: str | None = None # a checkpoint path or 'auto' (out_dir's checkpoint if there is one)
-    max_steps: int | None = None # stop after this many optimiser steps (the schedules still span `epochs`)
-    checkpoint_every: int = 1000 # steps between checkpoints
-    log_every: int | None = None # steps between rows of metrics.csv
+    freeze_prototypes_niters: int = 313 # the prototypes get no update for this many optimiser steps (313 = one epoch at 4096)
+    queue_length: int = 0 # embeddings kept from earlier batches for the codes, all ranks together (0: no queue)
+    epoch_queue_starts: int = 15 # the queue is filled from this epoch on (and used once full)
+    sync_batchnorm: bool = True # SyncBN across processes
+    # optimisation (the shared fields whose paper value differs from RunConfig's, and SwAV's own)
+    epochs: int = 800 # passes over the training data
+    optimizer: Literal['adamw', 'sgd', 'lars'] = 'lars' # 'lars' (SGD + LARC in SwAV), 'sgd' or 'adamw'
+    lr: float = 4.8 # peak learning rate, absolute (for the global batch of 4096)
+    final_lr: float = 0.0048 # learning rate at the end of the cosine
+    warmup_epochs: float = 10 # linear warm-up, epochs
+    warmup_lr: float = 0.3 # learning rate at step 0
+    weight_decay: float = 1e-6 # constant weight decay
+    precision: Literal['32', 'bf16', 'fp16'] = 'bf16' # '32', 'bf16' (CPU or GPU) or 'fp16' (GPU)
+    num_workers: int = 10 # DataLoader workers per process
+
+    PRESETS: ClassVar[dict[str, dict]] = {
+        'paper': {},
+        'bs256': dict(freeze_prototypes_niters=5005, queue_length=3840, epochs=200, lr=0.6, final_lr=0.0006, warmup_epochs=0, warmup_lr=0.0),
+        'cpu': dict(dataset='digits', global_size=28, global_scale=(0.25, 1.0), n_local=4, local_size=14, local_scale=(0.08, 0.25),
+                    blur=False, backbone='small_cnn', hidden_dim=512, out_dim=64, n_prototypes=128, epsilon=0.03, sync_batchnorm=False,
+                    freeze_prototypes_niters=31, queue_length=0, epoch_queue_starts=0, epochs=10, batch_size=128, optimizer='sgd',
+                    lr=0.1, final_lr=0.0, warmup_epochs=1, warmup_lr=0.0, weight_decay=1e-5, precision='32', num_workers=1, log_every=1)}
 
     def __post_init__(self):
-        check_in('preset', self.preset, list(PRESETS))
-        for name, value in PRESETS[self.preset].items():
-            if getattr(self, name) is None: setattr(self, name, value)
+        super().__post_init__()   # the preset sets the fields not given; the shared fields are checked
         check_in('dataset', self.dataset, DATASETS)
-        check_in('optimizer', self.optimizer, ['adamw', 'sgd', 'lars'])
-        self.precision = str(self.precision)
-        check_in('precision', self.precision, ['32', 'bf16', 'fp16'])
-        for name in ('global_size', 'local_size', 'out_dim', 'n_prototypes', 'sinkhorn_iterations', 'epochs', 'batch_size', 'log_every'):
-            check_int(name, getattr(self, name), 1)
-        for name in ('n_local', 'hidden_dim', 'freeze_prototypes_niters', 'queue_length', 'epoch_queue_starts', 'num_workers',
-                     'seed', 'checkpoint_every'):
-            check_int(name, getattr(self, name), 0)
-        if self.max_steps is not None: check_int('max_steps', self.max_steps, 1)
+        for name in ('global_size', 'local_size', 'out_dim', 'n_prototypes', 'sinkhorn_iterations'): check_int(name, getattr(self, name), 1)
+        for name in ('n_local', 'hidden_dim', 'freeze_prototypes_niters', 'queue_length', 'epoch_queue_starts'): check_int(name, getattr(self, name), 0)
         for name in ('temperature', 'epsilon', 'lr'): check_positive(name, getattr(self, name))
         for name in ('final_lr', 'warmup_epochs', 'warmup_lr', 'weight_decay'): check_positive(name, getattr(self, name), allow_zero=True)
         self.global_scale = check_fraction_pair('global_scale', self.global_scale)
         self.local_scale = check_fraction_pair('local_scale', self.local_scale)
         if self.data_path is not None: self.data_path = str(self.data_path)
-
-
-
-# %% ../../nbs/13_methods.swav.ipynb #f02ee390
-_SHARED = dict(dataset='imagenet', global_size=224, global_scale=(0.14, 1.0), n_local=6, local_size=96, local_scale=(0.05, 0.14),
-               blur=True, backbone='resnet50', hidden_dim=2048, out_dim=128, n_prototypes=3000, sync_batchnorm=True,
-               epsilon=0.05, batch_size=64, optimizer='lars', weight_decay=1e-6, precision='bf16', num_workers=10, log_every=10)
-PRESETS = {
-    'paper': dict(_SHARED, freeze_prototypes_niters=313, queue_length=0, epoch_queue_starts=15, epochs=800, lr=4.8,
-                  final_lr=0.0048, warmup_epochs=10, warmup_lr=0.3),
-    'bs256': dict(_SHARED, freeze_prototypes_niters=5005, queue_length=3840, epoch_queue_starts=15, epochs=200, lr=0.6,
-                  final_lr=0.0006, warmup_epochs=0, warmup_lr=0.0),
-    'cpu': dict(dataset='digits', global_size=28, global_scale=(0.25, 1.0), n_local=4, local_size=14, local_scale=(0.08, 0.25),
-                blur=False, backbone='small_cnn', hidden_dim=512, out_dim=64, n_prototypes=128, epsilon=0.03, sync_batchnorm=False,
-                freeze_prototypes_niters=31, queue_length=0, epoch_queue_starts=0, epochs=10, batch_size=128, optimizer='sgd',
-                lr=0.1, final_lr=0.0, warmup_epochs=1, warmup_lr=0.0, weight_decay=1e-5, precision='32', num_workers=1, log_every=1),
-}
 
 # %% ../../nbs/13_methods.swav.ipynb #c4dc1d86
 def swav_transform(config: SwAVConfig, # the recipe
@@ -338,22 +311,8 @@ def train_config(config: SwAVConfig, # the recipe
                        seed=config.seed, out_dir=config.out_dir, resume=config.resume, max_steps=config.max_steps,
                        checkpoint_every=config.checkpoint_every, log_every=config.log_every, sync_batchnorm=config.sync_batchnorm)
 
-def make_trainer(config: SwAVConfig | None = None, # the recipe; None: `SwAVConfig()`
-                 callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
-                ) -> Trainer:
-    "A `Trainer` holding SwAV, the dataset and the options that `config` describes (nothing runs yet)."
-    config = SwAVConfig() if config is None else config
-    if not isinstance(config, SwAVConfig): raise TypeError(f"config must be a SwAVConfig, got {type(config).__name__}")
-    data = swav_dataset(config)
-    tc = train_config(config)
-    torch.manual_seed(config.seed)
-    method = SwAV.from_config(config, in_chans=getattr(data, 'in_chans', 3))
-    return Trainer(method, data, tc, callbacks=callbacks)
-
-def train(config: SwAVConfig | None = None, # the recipe; None: `SwAVConfig()` (ResNet-50 on ImageNet: needs data_path)
-          callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
-         ) -> SwAV:
-    "Train SwAV as `config` says; returns the trained method (`.backbone` is the encoder)."
-    trainer = make_trainer(config, callbacks)
-    trainer.fit()
-    return trainer.method
+# %% ../../nbs/13_methods.swav.ipynb #5a1e9c3d
+RECIPE = register_recipe(Recipe(
+    'swav', SwAVConfig, dataset=swav_dataset, train_config=train_config,
+    method=lambda config, data: SwAV.from_config(config, in_chans=getattr(data, 'in_chans', 3)),
+    help='SwAV: swapped prediction of Sinkhorn codes (Caron et al. 2020)'))
