@@ -104,7 +104,13 @@ def as_rgb_image(image: str | os.PathLike | PIL.Image.Image | np.ndarray | Tenso
         if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))):
             raise ValueError(f"image array must have shape [H, W] or [H, W, 3|4], got {list(image.shape)}")
         if a.dtype == bool: a = a.astype(np.uint8) * 255
-        elif np.issubdtype(a.dtype, np.floating): a = np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)
+        elif np.issubdtype(a.dtype, np.floating):
+            if not np.isfinite(a).all(): raise ValueError(f"image array holds {int((~np.isfinite(a)).sum())} NaN or infinite values; expected finite floats in [0, 1]")
+            lo, hi = float(a.min(initial=0)), float(a.max(initial=0))
+            if lo < -0.01 or hi > 1.01:   # 0..255 floats, or a normalised image: clipping would turn it white or black
+                raise ValueError(f"float image values must lie in [0, 1], got [{lo:.3g}, {hi:.3g}]"
+                                 + ('; divide by 255' if hi <= 255 and lo >= 0 else '; undo the normalisation first (augment.denormalize)'))
+            a = np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)
         elif a.dtype != np.uint8: raise ValueError(f"image array must be uint8, bool or float in [0, 1], got dtype {a.dtype}")
         return _to_rgb(PIL.Image.fromarray(np.ascontiguousarray(a)))
     raise TypeError(f"image must be a sample name, a path, a PIL image, an array or a tensor, got {type(image).__name__}")
