@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from distributed_utils import run_distributed
 from self_sup.data.images import sample_image
 from self_sup.data.video import fake_video, write_video
-from self_sup.methods.timetuning import (TimeTuning, TimeTuningConfig, cluster_codes, make_trainer, timetuning_dataset,
+from self_sup.methods.timetuning import (TimeTuning, TimeTuningConfig, cluster_codes, make_trainer, timetuning_dataset, tune,
                                          timetuning_method)
 from self_sup.models import create_backbone
 
@@ -108,6 +108,20 @@ def test_dataset_with_workers(tiny_video, tmp_path):
     ds = timetuning_dataset(cfg)
     batch = next(iter(DataLoader(ds, batch_size=2, num_workers=2)))
     assert batch.shape == (2, 3, 3, 32, 32) and batch.dtype == torch.float32
+
+
+@pytest.mark.parametrize('n', [128, 8])
+def test_explicit_value_wins_over_the_cpu_preset(n):
+    assert TimeTuningConfig(preset='cpu', batch_size=n).batch_size == n
+    assert TimeTuningConfig(preset='cpu', checkpoint_every=1000).checkpoint_every == 1000
+
+
+def test_tune_a_ready_backbone(tiny_video, tmp_path):
+    cfg = TimeTuningConfig(preset='cpu', video=str(tiny_video), cache_dir=str(tmp_path), cache_short_side=40, frames_per_clip=3,
+                           stride=2, crop_size=32, depth=3, batch_size=2, max_steps=1)
+    torch.manual_seed(0)
+    backbone = create_backbone('vit_tiny_patch16', patch_size=8, depth=3, img_size=32)
+    assert tune(cfg, backbone).backbone is backbone
 
 
 def test_bad_inputs(tmp_path):

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/16_methods.timetuning.ipynb #85126528
 from __future__ import annotations
-import copy, dataclasses
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -16,14 +16,15 @@ from torch import Tensor, nn
 from ..augment import ViewTransform
 from ..core import check_in, check_positive, check_range, check_int, check_fraction_pair
 from ..models import Backbone, Prototypes, create_backbone, freeze_all_but_last_blocks, param_groups_weight_decay
+from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train
 from ..propagation import TIMETUNING_RADIUS, check_propagation_options, onehot_to_labels, propagate_labels_batched
 from ..sinkhorn import SINKHORN_PRESETS, sinkhorn_knopp
 from ..train import Trainer, TrainConfig, ema_update
 
 # %% auto #0
-__all__ = ['TIMETUNING_CPU_PRESET', 'cluster_codes', 'forward_cluster_maps', 'temporal_alignment_loss', 'timetuning_targets',
-           'MLPHead', 'TimeTuningNetwork', 'TimeTuning', 'TimeTuningConfig', 'timetuning_transform',
-           'timetuning_dataset', 'timetuning_method', 'train_config', 'make_trainer', 'train']
+__all__ = ['TIMETUNING_CPU_PRESET', 'RECIPE', 'cluster_codes', 'forward_cluster_maps', 'temporal_alignment_loss',
+           'timetuning_targets', 'MLPHead', 'TimeTuningNetwork', 'TimeTuning', 'TimeTuningConfig',
+           'timetuning_transform', 'timetuning_dataset', 'timetuning_method', 'train_config', 'tune']
 
 # %% ../../nbs/16_methods.timetuning.ipynb #18e43c57
 def cluster_codes(scores: Tensor, # [B, N, K] first-frame patch-to-prototype scores (cosines)
@@ -216,9 +217,8 @@ class TimeTuning(nn.Module):
 
 # %% ../../nbs/16_methods.timetuning.ipynb #19d699e4
 @dataclass
-class TimeTuningConfig:
-    "TimeTuning's recipe (defaults: the paper's DINO ViT-S/16 setting, the public code's values where the paper is silent)."
-    preset: Literal['paper', 'cpu'] = 'paper' # 'paper': the defaults below; 'cpu': small values (TIMETUNING_CPU_PRESET) for fields left at the paper's default
+class TimeTuningConfig(RunConfig):
+    "TimeTuning's recipe (defaults: the paper's DINO ViT-S/16 setting, the public code's values where the paper is silent); `preset='cpu'` for a CPU-sized run on bikes.mp4."
     # data
     video: str | None = None # a video file, a cache folder from cache_video, a folder of videos, or 'bikes'
     cache: bool = True # decode the video(s) once into a cache instead of in every item
@@ -246,37 +246,21 @@ class TimeTuningConfig:
     score_temperature: float = 0.1 # temperature of the last frame's scores in the loss
     use_teacher: bool = True # codes from an EMA teacher (False: from the network itself)
     teacher_momentum: float = 0.995 # EMA momentum at the start (cosine to 1)
-    # optimisation
-    epochs: int = 100 # passes over the clips
+    # optimisation (the shared fields whose paper value differs from RunConfig's, and TimeTuning's own)
     batch_size: int = 128 # clips per process
     lr: float = 1e-4 # learning rate of the head and prototypes (cosine to 0)
     backbone_lr_scale: float = 0.1 # the backbone's learning rate relative to lr
-    weight_decay: float = 0.04 # weight decay at the start
-    weight_decay_end: float = 0.4 # weight decay at the end (cosine)
+    weight_decay_end: float = 0.4 # weight decay at the end (cosine; `weight_decay` is the start)
     precision: Literal['32', 'bf16', 'fp16'] = 'bf16' # '32', 'bf16' (CPU or GPU) or 'fp16' (GPU)
     # running
-    device: str | None = None # 'cpu', 'cuda', ... or None: this rank's GPU if there is one
     num_workers: int = 10 # DataLoader workers per process
-    seed: int = 0 # seeds the head, prototypes, data order and augmentations
-    out_dir: str | None = None # where checkpoint.pt, metrics.csv and config.json go (None: nothing is written)
-    resume: str | None = None # a checkpoint path or 'auto' (out_dir's checkpoint if there is one)
-    max_steps: int | None = None # stop after this many optimiser steps (the schedules still span `epochs`)
-    checkpoint_every: int = 1000 # steps between checkpoints
-    log_every: int = 10 # steps between rows of metrics.csv
 
     def __post_init__(self):
-        check_in('preset', self.preset, ['paper', 'cpu'])
-        if self.preset == 'cpu':
-            defaults = {f.name: f.default for f in dataclasses.fields(TimeTuningConfig)}
-            for name, value in TIMETUNING_CPU_PRESET.items():
-                if getattr(self, name) == defaults[name]: setattr(self, name, value)
-        self.precision = str(self.precision)
-        check_in('precision', self.precision, ['32', 'bf16', 'fp16'])
-        for name in ('cache_short_side', 'crop_size', 'n_prototypes', 'sinkhorn_iters', 'topk', 'epochs', 'batch_size', 'log_every'):
-            check_int(name, getattr(self, name), 1)
+        super().__post_init__()   # the preset fills the fields not given, the shared fields are checked
+        for name in ('cache_short_side', 'crop_size', 'n_prototypes', 'sinkhorn_iters', 'topk'): check_int(name, getattr(self, name), 1)
         check_int('frames_per_clip', self.frames_per_clip, 2); check_int('stride', self.stride, 1)
-        for name in ('n_trainable_blocks', 'n_context', 'radius', 'num_workers', 'seed', 'checkpoint_every'): check_int(name, getattr(self, name), 0)
-        for name in ('patch_size', 'depth', 'max_steps'):
+        for name in ('n_trainable_blocks', 'n_context', 'radius'): check_int(name, getattr(self, name), 0)
+        for name in ('patch_size', 'depth'):
             if getattr(self, name) is not None: check_int(name, getattr(self, name), 1)
         self.head_dims = tuple(self.head_dims)
         if not self.head_dims or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in self.head_dims):
@@ -295,6 +279,7 @@ TIMETUNING_CPU_PRESET = dict(
     depth=4, head_dims=(256, 128), n_prototypes=20, epochs=1, batch_size=4, lr=1e-3, precision='32', num_workers=0, log_every=1,
     checkpoint_every=0,
 )
+TimeTuningConfig.PRESETS = {'paper': {}, 'cpu': TIMETUNING_CPU_PRESET}   # explicit values always win over a preset's
 
 # %% ../../nbs/16_methods.timetuning.ipynb #54a82443
 def timetuning_transform(config: TimeTuningConfig, # the recipe
@@ -338,30 +323,24 @@ def timetuning_method(config: TimeTuningConfig, # the recipe
 
 def train_config(config: TimeTuningConfig, # the recipe
                 ) -> TrainConfig:
-    "The trainer's options: AdamW, cosine to 0 without warm-up, weight decay 0.04 -> 0.4, no clipping."
-    return TrainConfig(epochs=config.epochs, batch_size=config.batch_size, optimizer='adamw', lr=config.lr, final_lr=0.0,
+    "The trainer's options: AdamW (the paper's), cosine to 0 without warm-up, weight decay 0.04 -> 0.4, no clipping."
+    return TrainConfig(epochs=config.epochs, batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr, final_lr=0.0,
                        warmup_epochs=0, weight_decay=config.weight_decay, final_weight_decay=config.weight_decay_end, clip_grad=None,
                        precision=config.precision, device=config.device, num_workers=config.num_workers, seed=config.seed,
                        out_dir=config.out_dir, resume=config.resume, max_steps=config.max_steps,
                        checkpoint_every=config.checkpoint_every, log_every=config.log_every)
 
-def make_trainer(config: TimeTuningConfig | None = None, # the recipe; None: `TimeTuningConfig()` (needs `video` and `weights`)
-                 backbone: Backbone | None = None, # a ready backbone; None: from the config
-                 callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
-                ) -> Trainer:
-    "A `Trainer` holding TimeTuning, the clips and the options that `config` describes (nothing runs yet)."
-    config = TimeTuningConfig() if config is None else config
-    if not isinstance(config, TimeTuningConfig): raise TypeError(f"config must be a TimeTuningConfig, got {type(config).__name__}")
-    tc = train_config(config)
-    data = timetuning_dataset(config)
-    torch.manual_seed(config.seed)
-    return Trainer(timetuning_method(config, backbone), data, tc, callbacks=callbacks)
+RECIPE = register_recipe(Recipe('timetuning', TimeTuningConfig, dataset=timetuning_dataset,
+                                method=lambda config, data: timetuning_method(config), train_config=train_config,
+                                help='TimeTuning: temporal alignment of dense features (Salehi et al. 2023)'))
 
-def train(config: TimeTuningConfig | None = None, # the recipe; None: `TimeTuningConfig()`
-          backbone: Backbone | None = None, # a ready backbone; None: from the config (`weights`)
-          callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
-         ) -> TimeTuning:
-    "Fine-tune as `config` says; returns the method (`.backbone` is the tuned backbone)."
-    trainer = make_trainer(config, backbone, callbacks)
+def tune(config: TimeTuningConfig, # the recipe (its `backbone`, `weights`, `patch_size` and `depth` are not used)
+         backbone: Backbone, # the ready backbone to fine-tune (e.g. one just pretrained)
+         callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
+        ) -> TimeTuning:
+    "Fine-tune `backbone` as `config` says (the recipe's data and options, built in `make_trainer`'s order); returns the method."
+    data, tc = timetuning_dataset(config), train_config(config)
+    torch.manual_seed(config.seed)
+    trainer = Trainer(timetuning_method(config, backbone), data, tc, callbacks=callbacks)
     trainer.fit()
     return trainer.method
