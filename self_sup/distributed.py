@@ -9,11 +9,12 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import Tensor, nn
 
 # %% auto #0
 __all__ = ['is_distributed', 'get_rank', 'get_world_size', 'is_main_process', 'all_reduce_sum', 'all_reduce_mean',
-           'all_gather_with_grad', 'all_gather_no_grad', 'backend_for_device', 'init_distributed',
-           'cleanup_distributed', 'barrier']
+           'all_gather_with_grad', 'all_gather_no_grad', 'SyncBatchNorm', 'convert_sync_batchnorm',
+           'backend_for_device', 'init_distributed', 'cleanup_distributed', 'barrier']
 
 # %% ../nbs/00a_distributed.ipynb #d22c4459
 def is_distributed() -> bool:
@@ -74,6 +75,53 @@ def all_gather_no_grad(tensor: torch.Tensor, # [b, ...], the same b on every ran
     out = [torch.empty_like(tensor) for _ in range(get_world_size())]
     dist.all_gather(out, tensor.contiguous())
     return torch.cat(out)
+
+# %% ../nbs/00a_distributed.ipynb #8f3d46dd
+class _AllReduceSum(torch.autograd.Function):
+    "Sum over ranks; its gradient is the sum of every rank's gradient (each rank's loss saw the sum)."
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone(); dist.all_reduce(x); return x
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone(); dist.all_reduce(grad); return grad
+
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    "BatchNorm whose training statistics are those of the batch over all processes, on any device and backend (gloo too)."
+    def _check_input_dim(self, x):
+        if x.ndim < 2: raise ValueError(f"SyncBatchNorm expects input [N, C, ...], got shape {tuple(x.shape)}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and is_distributed()): return super().forward(x)
+        self._check_input_dim(x)
+        dims, C = [0] + list(range(2, x.ndim)), x.shape[1]
+        xf = x.float()
+        count = xf.new_full((1,), x.numel() / C)
+        stats = _AllReduceSum.apply(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
+        n = stats[-1]
+        mean = stats[:C] / n
+        var = (stats[C:2 * C] / n - mean * mean).clamp_min(0)   # biased: what normalises the batch
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
+                self.running_var.lerp_((var.detach() * n / (n - 1).clamp_min(1)).to(self.running_var.dtype), m)
+        shape = [1, C] + [1] * (x.ndim - 2)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine: y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+def convert_sync_batchnorm(module: nn.Module, # a network; its BatchNorm layers are replaced (weights and statistics kept)
+                          ) -> nn.Module:
+    "`module` with every BatchNorm layer turned into `SyncBatchNorm` (works on CPUs with gloo, unlike `nn.SyncBatchNorm`)."
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
+        new = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        new.load_state_dict(module.state_dict()); new.train(module.training)
+        if module.affine: new.weight.requires_grad_(module.weight.requires_grad); new.bias.requires_grad_(module.bias.requires_grad)
+        return new.to(next(iter(module.state_dict().values())).device) if module.state_dict() else new
+    for name, child in module.named_children(): setattr(module, name, convert_sync_batchnorm(child))
+    return module
 
 # %% ../nbs/00a_distributed.ipynb #ecf7fdfe
 def backend_for_device(device: str | torch.device | None = None, # the device the process trains on; None or 'auto': a GPU if there is one

@@ -70,3 +70,42 @@ def test_init_distributed_under_torchrun_picks_the_backend_of_the_device(monkeyp
     calls.clear()
     with pytest.raises(JoinedProcessGroup): init_distributed('gloo', device='cuda')   # an explicit backend wins
     assert calls == ['gloo']
+
+
+def _bn_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 6 * 6, 8), torch.nn.BatchNorm1d(8))
+
+
+def _bn_batch():
+    return torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def _bn_loss(y):
+    return (y.softmax(1) * torch.arange(8.)).sum(1).mean()
+
+
+def _sync_bn(rank, world):
+    from self_sup.distributed import convert_sync_batchnorm
+    net = convert_sync_batchnorm(_bn_net())
+    x = _bn_batch().chunk(world)[rank]
+    y = net(x)
+    _bn_loss(y).backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    for g in grads: all_reduce_mean(g)   # what DDP does with the gradients
+    return {'y': y.detach(), 'grads': grads, 'running': [net[1].running_mean, net[1].running_var, net[5].running_var]}
+
+
+def test_sync_batchnorm_on_cpu_matches_one_process():
+    "Two gloo processes with SyncBatchNorm give the one-process outputs, running statistics and gradients."
+    outs = run_distributed(_sync_bn, world_size=2)
+    net = _bn_net()
+    y = net(_bn_batch())
+    _bn_loss(y).backward()
+    for rank, o in enumerate(outs):
+        torch.testing.assert_close(o['y'], y.detach().chunk(2)[rank], atol=1e-5, rtol=1e-4)
+        for a, b in zip(o['running'], [net[1].running_mean, net[1].running_var, net[5].running_var]):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        for g, p in zip(o['grads'], net.parameters()):
+            torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4)
