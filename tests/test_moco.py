@@ -126,3 +126,11 @@ def test_command_line_round_trip():
     cfg = dataclass_from_args(MoCoConfig, parser.parse_args(['--version', 'v3', '--crop-scale', '0.08', '1', '--temperature', '0.2',
                                                              '--no-shuffle-bn', '--max-steps', 'none']))
     assert (cfg.version, cfg.crop_scale, cfg.temperature, cfg.shuffle_bn, cfg.out_dim, cfg.max_steps) == ('v3', (0.08, 1.0), 0.2, False, 256, None)
+
+
+@pytest.mark.parametrize('version, batch_size', [('v2', 32), ('v2', 64), ('v3', 256), ('v3', 64)])   # each version's paper batch and another
+def test_an_explicit_batch_size_wins_over_the_preset_on_the_command_line(version, batch_size):
+    from self_sup.cli import add_dataclass_arguments, dataclass_from_args
+    parser = add_dataclass_arguments(argparse.ArgumentParser(), MoCoConfig)
+    cfg = dataclass_from_args(MoCoConfig, parser.parse_args(['--version', version, '--preset', 'cpu', '--batch-size', str(batch_size)]))
+    assert (cfg.batch_size, cfg.backbone, cfg.lr, cfg.queue_size) == (batch_size, 'small_cnn', 0.06, 1024 if version == 'v2' else 0)

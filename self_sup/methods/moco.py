@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy, dataclasses, math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, ClassVar, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,12 +17,13 @@ from ..augment import MultiCropTransform, SimCLRTransform
 from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
 from ..distributed import all_gather_no_grad, get_rank, get_world_size
 from ..models import ProjectionMLP, create_backbone
-from ..train import Trainer, TrainConfig, ema_update
+from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train
+from ..train import TrainConfig, ema_update
 
 # %% auto #0
-__all__ = ['DATASETS', 'PAPER_RECIPES', 'CPU_PRESETS', 'moco_v2_logits', 'moco_v2_loss', 'moco_contrastive_loss', 'moco_v3_loss',
-           'MoCoConfig', 'moco_transform', 'shuffled_groups', 'enqueue_', 'MoCo', 'moco_dataset', 'train_config',
-           'make_trainer', 'train']
+__all__ = ['DATASETS', 'PAPER_RECIPES', 'CPU_PRESETS', 'RECIPE', 'moco_v2_logits', 'moco_v2_loss', 'moco_contrastive_loss',
+           'moco_v3_loss', 'MoCoConfig', 'paper_recipe', 'moco_transform', 'shuffled_groups', 'enqueue_', 'MoCo',
+           'moco_dataset', 'train_config']
 
 # %% ../../nbs/12_methods.moco.ipynb #2e28ff65
 def _check_pair(name_a: str, a: Tensor, name_b: str, b: Tensor):
@@ -90,65 +91,50 @@ def moco_v3_loss(q1: Tensor, # [b, D] predictions from view 1 (query encoder + p
 DATASETS = ('imagenet', 'folder', 'digits')
 
 @dataclass
-class MoCoConfig:
-    "MoCo's recipe: `version` 'v2' (ResNet-50, 200 ep, queue) or 'v3' (ResNet-50, 100 ep, symmetric); `preset='cpu'` for the built-in digits. `None` = the recipe's value."
+class MoCoConfig(RunConfig):
+    "MoCo's recipe: `version` 'v2' (ResNet-50, 200 ep, queue; the defaults) or 'v3' (ResNet-50, 100 ep, symmetric); `preset='cpu'` for the built-in digits."
     version: Literal['v2', 'v3'] = 'v2' # 'v2': queue + momentum encoder; 'v3': symmetric loss over the batch, predictor, no queue
-    preset: Literal['paper', 'cpu'] = 'paper' # 'paper': the version's published recipe; 'cpu': a small run on the built-in digits (CPU_PRESET)
     # data
-    dataset: Literal['imagenet', 'folder', 'digits'] | None = None # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*) or 'digits' (built-in digits on photos)
+    dataset: Literal['imagenet', 'folder', 'digits'] = 'imagenet' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*) or 'digits' (built-in digits on photos)
     data_path: str | None = None # the dataset's root folder ('imagenet', 'folder')
     # views
-    image_size: int | None = None # side of both crops, pixels (224)
-    crop_scale: tuple[float, float] | None = None # area fraction of a random resized crop (0.2, 1)
-    blur: bool | None = None # Gaussian blur in the views (off for tiny images, as SimCLR's CIFAR recipe)
+    image_size: int = 224 # side of both crops, pixels
+    crop_scale: tuple[float, float] = (0.2, 1.0) # area fraction of a random resized crop
+    blur: bool = True # Gaussian blur in the views (off for tiny images, as SimCLR's CIFAR recipe)
     # networks
-    backbone: str | None = None # a `self_sup.models` backbone name ('resnet50')
-    hidden_dim: int | None = None # width of the projection (and v3 prediction) MLP: v2 2048, v3 4096
-    out_dim: int | None = None # output dimension of the projection: v2 128, v3 256
-    projector_layers: int | None = None # Linear layers of the projection MLP: 2 (v3 ViTs: 3)
+    backbone: str = 'resnet50' # a `self_sup.models` backbone name
+    hidden_dim: int = 2048 # width of the projection (and v3 prediction) MLP: v2 2048, v3 4096
+    out_dim: int = 128 # output dimension of the projection: v2 128, v3 256
+    projector_layers: int = 2 # Linear layers of the projection MLP (v3 ViTs: 3)
     freeze_patch_embed: bool = False # ViTs: keep the random patch projection fixed (MoCo v3's stop-grad-conv1)
     # the method
-    queue_size: int | None = None # v2: number of negative keys kept (65536); v3: 0
-    temperature: float | None = None # tau: v2 0.2, v3 1.0 (ResNet) or 0.2 (ViT)
-    momentum: float | None = None # momentum-encoder EMA: v2 0.999 (constant), v3 0.99 (start of the cosine to 1)
-    momentum_cosine: bool | None = None # raise the momentum to 1 along a cosine (v3)
-    shuffle_bn: bool | None = None # shuffle the keys' batch across BN groups (v2's shuffle-BN)
-    bn_splits: int | None = None # BN groups per process (1 on GPUs; > 1 emulates several GPUs in one process)
-    sync_batchnorm: bool | None = None # SyncBN across processes (v3)
-    # optimisation
-    epochs: int | None = None # passes over the training data: v2 200, v3 100
-    batch_size: int | None = None # images per process: v2 32 (x 8 GPUs), v3 256 (x 16 GPUs)
-    optimizer: Literal['adamw', 'sgd', 'lars'] | None = None # v2 'sgd', v3 'lars' (ViTs: 'adamw')
-    lr: float | None = None # peak learning rate for a global batch of 256 (scaled linearly): v2 0.03, v3 0.6
+    queue_size: int = 65536 # v2: number of negative keys kept; v3: 0
+    temperature: float = 0.2 # tau: v2 0.2, v3 1.0 (ResNet) or 0.2 (ViT)
+    momentum: float = 0.999 # momentum-encoder EMA: v2 0.999 (constant), v3 0.99 (start of the cosine to 1)
+    momentum_cosine: bool = False # raise the momentum to 1 along a cosine (v3)
+    shuffle_bn: bool = True # shuffle the keys' batch across BN groups (v2's shuffle-BN)
+    bn_splits: int = 1 # BN groups per process (1 on GPUs; > 1 emulates several GPUs in one process)
+    sync_batchnorm: bool = False # SyncBN across processes (v3)
+    # optimisation (the shared fields whose paper value differs from RunConfig's, and MoCo's own)
+    epochs: int = 200 # passes over the training data: v2 200, v3 100
+    batch_size: int = 32 # images per process: v2 32 (x 8 GPUs), v3 256 (x 16 GPUs)
+    optimizer: Literal['adamw', 'sgd', 'lars'] = 'sgd' # v2 'sgd', v3 'lars' (ViTs: 'adamw')
+    lr: float = 0.03 # peak learning rate for a global batch of 256 (scaled linearly): v2 0.03, v3 0.6
     final_lr: float = 0.0 # learning rate at the end of the cosine
-    warmup_epochs: float | None = None # linear learning-rate warm-up, epochs: v2 0, v3 10
-    weight_decay: float | None = None # v2 1e-4, v3 1e-6 (constant)
-    precision: Literal['32', 'bf16', 'fp16'] | None = None # '32', 'bf16' (CPU or GPU) or 'fp16' (GPU)
-    # running
-    device: str | None = None # 'cpu', 'cuda', ... or None: this rank's GPU if there is one
-    num_workers: int | None = None # DataLoader workers per process
-    seed: int = 0 # seeds weights, data order and augmentations
-    out_dir: str | None = None # where checkpoint.pt, metrics.csv and config.json go (None: nothing is written)
-    resume: str | None = None # a checkpoint path or 'auto' (out_dir's checkpoint if there is one)
-    max_steps: int | None = None # stop after this many optimiser steps (the schedules still span `epochs`)
-    checkpoint_every: int = 1000 # steps between checkpoints
-    log_every: int | None = None # steps between rows of metrics.csv
+    warmup_epochs: float = 0 # linear learning-rate warm-up, epochs: v2 0, v3 10
+    weight_decay: float = 1e-4 # v2 1e-4, v3 1e-6 (constant)
+    precision: Literal['32', 'bf16', 'fp16'] = 'bf16' # '32', 'bf16' (CPU or GPU) or 'fp16' (GPU)
+    num_workers: int = 8 # DataLoader workers per process
+
+    PRESETS: ClassVar[dict[str, Callable]] = {   # functions of the config: the paper's values depend on `version`
+        'paper': lambda c: paper_recipe(c.version),
+        'cpu': lambda c: paper_recipe(c.version) | CPU_PRESETS[c.version]}
 
     def __post_init__(self):
-        check_in('version', self.version, ['v2', 'v3'])
-        check_in('preset', self.preset, ['paper', 'cpu'])
-        recipe = dict(PAPER_RECIPES[self.version])
-        if self.preset == 'cpu': recipe.update(CPU_PRESETS[self.version])
-        for name, value in recipe.items():
-            if getattr(self, name) is None: setattr(self, name, value)
+        super().__post_init__()   # checks `version`, sets the preset's values in the fields not given, checks the shared fields
         check_in('dataset', self.dataset, DATASETS)
-        check_in('optimizer', self.optimizer, ['adamw', 'sgd', 'lars'])
-        self.precision = str(self.precision)
-        check_in('precision', self.precision, ['32', 'bf16', 'fp16'])
-        for name in ('image_size', 'hidden_dim', 'out_dim', 'projector_layers', 'bn_splits', 'epochs', 'batch_size', 'log_every'):
-            check_int(name, getattr(self, name), 1)
-        for name in ('queue_size', 'num_workers', 'seed', 'checkpoint_every'): check_int(name, getattr(self, name), 0)
-        if self.max_steps is not None: check_int('max_steps', self.max_steps, 1)
+        for name in ('image_size', 'hidden_dim', 'out_dim', 'projector_layers', 'bn_splits'): check_int(name, getattr(self, name), 1)
+        check_int('queue_size', self.queue_size, 0)
         if self.version == 'v2' and self.queue_size < 1:
             raise ValueError(f"queue_size must be an integer >= 1 for version='v2' (the queue holds its negatives), got {self.queue_size!r}")
         for name in ('temperature', 'lr'): check_positive(name, getattr(self, name))
@@ -157,20 +143,13 @@ class MoCoConfig:
         self.crop_scale = check_fraction_pair('crop_scale', self.crop_scale)
         if self.data_path is not None: self.data_path = str(self.data_path)
 
-
-
 # %% ../../nbs/12_methods.moco.ipynb #9f5be12d
-PAPER_RECIPES = {
-    'v2': dict(dataset='imagenet', image_size=224, crop_scale=(0.2, 1.0), blur=True, backbone='resnet50', hidden_dim=2048,
-               out_dim=128, projector_layers=2, queue_size=65536, temperature=0.2, momentum=0.999, momentum_cosine=False,
-               shuffle_bn=True, bn_splits=1, sync_batchnorm=False, epochs=200, batch_size=32, optimizer='sgd', lr=0.03,
-               warmup_epochs=0, weight_decay=1e-4, precision='bf16', num_workers=8, log_every=10),
-    'v3': dict(dataset='imagenet', image_size=224, crop_scale=(0.2, 1.0), blur=True, backbone='resnet50', hidden_dim=4096,
-               out_dim=256, projector_layers=2, queue_size=0, temperature=1.0, momentum=0.99, momentum_cosine=True,
-               shuffle_bn=False, bn_splits=1, sync_batchnorm=True, epochs=100, batch_size=256, optimizer='lars', lr=0.6,
-               warmup_epochs=10, weight_decay=1e-6, precision='bf16', num_workers=8, log_every=10),
+PAPER_RECIPES = {   # each version's published recipe, as its changes to the defaults (v2's)
+    'v2': {},
+    'v3': dict(hidden_dim=4096, out_dim=256, queue_size=0, temperature=1.0, momentum=0.99, momentum_cosine=True, shuffle_bn=False,
+               sync_batchnorm=True, epochs=100, batch_size=256, optimizer='lars', lr=0.6, warmup_epochs=10, weight_decay=1e-6),
 }
-CPU_PRESETS = {
+CPU_PRESETS = {   # changes to the version's recipe
     'v2': dict(dataset='digits', image_size=28, crop_scale=(0.3, 1.0), blur=False, backbone='small_cnn', hidden_dim=512,
                queue_size=1024, momentum=0.99, bn_splits=4, epochs=12, batch_size=128, lr=0.06, warmup_epochs=1,
                weight_decay=5e-4, precision='32', num_workers=1, log_every=1),
@@ -178,6 +157,12 @@ CPU_PRESETS = {
                out_dim=128, temperature=0.2, bn_splits=1, epochs=12, batch_size=128, optimizer='sgd', lr=0.06, warmup_epochs=1,
                weight_decay=5e-4, precision='32', num_workers=1, log_every=1),
 }
+
+def paper_recipe(version: str, # 'v2' or 'v3'
+                ) -> dict:
+    "The published recipe of MoCo `version`, as the values that differ from `MoCoConfig`'s defaults."
+    check_in('version', version, list(PAPER_RECIPES))
+    return PAPER_RECIPES[version]
 
 # %% ../../nbs/12_methods.moco.ipynb #303c5d11
 def moco_transform(config: MoCoConfig, # the recipe
@@ -356,22 +341,9 @@ def train_config(config: MoCoConfig, # the recipe
                        max_steps=config.max_steps, checkpoint_every=config.checkpoint_every, log_every=config.log_every,
                        sync_batchnorm=config.sync_batchnorm)
 
-def make_trainer(config: MoCoConfig | None = None, # the recipe; None: `MoCoConfig()`
-                 callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
-                ) -> Trainer:
-    "A `Trainer` holding MoCo, the dataset and the options that `config` describes (nothing runs yet)."
-    config = MoCoConfig() if config is None else config
-    if not isinstance(config, MoCoConfig): raise TypeError(f"config must be a MoCoConfig, got {type(config).__name__}")
-    data = moco_dataset(config)
-    tc = train_config(config)
-    torch.manual_seed(config.seed)
-    method = MoCo.from_config(config, in_chans=getattr(data, 'in_chans', 3))
-    return Trainer(method, data, tc, callbacks=callbacks)
-
-def train(config: MoCoConfig | None = None, # the recipe; None: `MoCoConfig()` (ResNet-50 v2 on ImageNet: needs data_path)
-          callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
-         ) -> MoCo:
-    "Train MoCo as `config` says; returns the trained method (`.backbone` is the query encoder's backbone)."
-    trainer = make_trainer(config, callbacks)
-    trainer.fit()
-    return trainer.method
+# %% ../../nbs/12_methods.moco.ipynb #4b7e2c19
+RECIPE = register_recipe(Recipe(
+    'moco', MoCoConfig, dataset=moco_dataset, train_config=train_config,
+    method=lambda config, data: MoCo.from_config(config, in_chans=getattr(data, 'in_chans', 3)),
+    help='MoCo v2/v3: momentum contrast (He et al. 2020, Chen et al. 2021)',
+    paper_runs={'moco_v2': dict(version='v2'), 'moco_v3': dict(version='v3')}))
