@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['check_positive', 'check_in', 'check_range', 'check_int', 'check_fraction_pair', 'seed_everything', 'rng_state',
-           'set_rng_state', 'get_device', 'stale_temporaries', 'save_checkpoint', 'load_checkpoint', 'progress']
+           'set_rng_state', 'get_device', 'stale_temporaries', 'save_checkpoint', 'load_checkpoint', 'FolderInUse',
+           'FolderLock', 'progress']
 
 # %% ../nbs/00_core.ipynb #870d53a6
 def check_positive(name: str, # the argument's name, as the user typed it
@@ -185,6 +186,58 @@ def load_checkpoint(path: str | Path, # a file written by `save_checkpoint` (or 
     if not path.is_file(): raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try: return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e: raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(e).__name__}: {e}); is it a torch checkpoint?") from e
+
+# %% ../nbs/00_core.ipynb #8e8631aa
+class FolderInUse(ValueError):
+    "Another live process holds the folder's lock (a `ValueError`: command lines report it in one line)."
+
+def _lock_file(path: Path, # the lock file, created if missing
+              ) -> int:
+    "An open descriptor of `path` under an exclusive `flock`, or `FolderInUse` naming the holder's pid."
+    import fcntl
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors='replace').strip() or 'unknown (starting)'
+            os.close(fd)
+            raise FolderInUse(f"{str(path.parent)!r} is in use by another run (pid {holder}; lock {str(path)!r}): "
+                              "wait for it to end, stop it, or choose another folder") from None
+        try: same = os.path.samestat(os.fstat(fd), os.stat(path))   # the holder before us may have just removed it
+        except FileNotFoundError: same = False
+        if same: return fd
+        os.close(fd)
+
+# %% ../nbs/00_core.ipynb #7471f25c
+class FolderLock:
+    "An exclusive lock on `folder` (the file `folder/.lock`, holding the owner's pid), from `acquire()` to `release()`."
+    def __init__(self, folder: str | Path): # the folder to lock (created if missing)
+        self.folder, self.path, self._fd, self._created = Path(folder), Path(folder) / '.lock', None, False
+
+    def acquire(self) -> FolderLock:
+        "Take the lock or raise `FolderInUse` naming the folder and the holder; returns `self`."
+        if self._fd is not None: return self
+        self._created = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._fd = _lock_file(self.path)
+        os.ftruncate(self._fd, 0); os.write(self._fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
+        return self
+
+    def release(self) -> None:
+        "Remove the lock file (and the folder, if `acquire` made it and it stayed empty), then unlock."
+        if self._fd is None: return
+        try: self.path.unlink()     # while still locked: a waiting process re-checks that it locked the file that is there
+        except FileNotFoundError: pass
+        if self._created:
+            try: self.folder.rmdir()
+            except OSError: pass    # not empty: the run wrote something
+        os.close(self._fd)          # closing the descriptor drops the flock
+        self._fd = None
+
+    @property
+    def held(self) -> bool: return self._fd is not None
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
 
 # %% ../nbs/00_core.ipynb #37b53d62
 def progress(iterable: Iterable | None = None, # what to loop over

@@ -215,6 +215,11 @@ def create_backbone(name: str, # one of `available_backbones()` (or timm's full 
         model = SmallCNN(**kwargs)
     else:
         if short.startswith('vit'): kwargs.setdefault('dynamic_img_size', True)
+        for key in ('patch_size', 'img_size', 'in_chans'):   # timm would fail deep inside (ZeroDivisionError, negative sizes)
+            sizes = kwargs.get(key, 1)
+            sizes = sizes if isinstance(sizes, (tuple, list)) else (sizes,)
+            if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
+                raise ValueError(f"create_backbone({name!r}): {key} must be a positive integer (or a pair of them), got {kwargs[key]!r}")
         model = timm.create_model(BACKBONES[short], pretrained=False, num_classes=0, **kwargs)
     backbone = Backbone(model, short)
     if weights is not None: load_weights(backbone, weights)

@@ -4,8 +4,9 @@
 
 # %% ../nbs/06_train.ipynb #f92a7e7e
 from __future__ import annotations
-import csv, dataclasses, fnmatch, hashlib, json, math, os, random, signal, threading, time, warnings
-from contextlib import nullcontext
+import csv, dataclasses, fnmatch, hashlib, io, json, math, os, random, shlex, signal, sys, threading, time, warnings
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -17,14 +18,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from torch.nn.parallel import DistributedDataParallel
 
-from .core import (check_in, check_positive, check_range, get_device, load_checkpoint, progress, rng_state, check_int,
+from .core import (FolderInUse, FolderLock, check_in, check_positive, check_range, get_device, load_checkpoint, progress, rng_state, check_int,
                            save_checkpoint, seed_everything, set_rng_state)
 from .distributed import all_reduce_mean, barrier, get_rank, get_world_size, init_distributed, is_distributed
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'PRECISIONS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'cosine_schedule', 'linear_schedule', 'ema_update',
-           'weight_decay_groups', 'LARS', 'make_optimizer', 'to_device', 'epoch_batches', 'sample_seed',
-           'SeededSamples', 'MetricsCSV', 'read_metrics', 'Trainer', 'plot_metrics', 'measure_training']
+__all__ = ['OPTIMIZERS', 'PRECISIONS', 'RUN_FIELDS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'cosine_schedule', 'linear_schedule',
+           'ema_update', 'weight_decay_groups', 'LARS', 'make_optimizer', 'to_device', 'epoch_batches', 'sample_seed',
+           'SeededSamples', 'MetricsCSV', 'read_metrics', 'first_nonfinite', 'config_changes', 'swap_signal_handlers',
+           'restore_signal_handlers', 'resume_command', 'Trainer', 'plot_metrics', 'measure_training']
 
 # %% ../nbs/06_train.ipynb #971698be
 OPTIMIZERS = ('adamw', 'sgd', 'lars')
@@ -62,6 +64,7 @@ class TrainConfig:
     max_steps: int | None = None # stop after this many steps in total (the schedules still span `epochs`)
     find_unused_parameters: bool = False # DDP option for methods that leave some parameters unused in a step
     sync_batchnorm: bool = False # convert BatchNorm to SyncBatchNorm when distributed
+    stop_signals: tuple[str, ...] = ('SIGINT', 'SIGTERM', 'SIGUSR1') # signals that stop the run after the current step, with a checkpoint (Ctrl-C, `kill`/`timeout`/Kubernetes, SLURM's `--signal=USR1@60`)
 
     def __post_init__(self):
         check_int('epochs', self.epochs); check_int('batch_size', self.batch_size)
@@ -84,6 +87,9 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         if isinstance(self.freeze_params, str): self.freeze_params = (self.freeze_params,)
         self.freeze_params = tuple(self.freeze_params)
+        if isinstance(self.stop_signals, str): self.stop_signals = (self.stop_signals,)
+        self.stop_signals = tuple(self.stop_signals)
+        for name in self.stop_signals: check_in('stop_signals', name, [s.name for s in signal.Signals])
 
 # %% ../nbs/06_train.ipynb #9c296a66
 def cosine_schedule(step: int | np.ndarray, # the step(s) to evaluate, 0-based
@@ -237,10 +243,30 @@ class SeededSamples(Dataset):
 
 def _keep(batch): return batch
 
-def _ignore_sigint(worker_id: int):
-    # Ctrl-C in a terminal reaches the DataLoader workers too; they keep serving batches so that the
-    # trainer can finish its step and write a checkpoint (they stop when the trainer drops the loader)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _ignore_signals(names: Sequence[str], worker_id: int):
+    # Ctrl-C in a terminal reaches the DataLoader workers too, and SLURM signals every process of a job: the workers
+    # ignore the stop signals and keep serving batches, so that the trainer can finish its step and write a checkpoint
+    # (they stop when the trainer drops the loader). They were started with these signals blocked (`_start_loader`).
+    nums = [getattr(signal, n) for n in names if hasattr(signal, n)]
+    for num in nums: signal.signal(num, signal.SIG_IGN)
+    if hasattr(signal, 'pthread_sigmask'): signal.pthread_sigmask(signal.SIG_UNBLOCK, nums)
+
+# %% ../nbs/06_train.ipynb #81601f04
+def _read_rows(path: Path) -> tuple[list[str] | None, list[dict]]:
+    "Header and rows of a metrics CSV; a last line cut short (no line end: the writer was killed mid-row) is dropped."
+    try:
+        with open(path, newline='', encoding='utf-8') as f: text = f.read()
+        if not text.endswith('\n'): text = text[:text.rfind('\n') + 1]
+        reader = csv.DictReader(io.StringIO(text, newline=''))
+        rows = list(reader)
+        for n, row in enumerate(rows, 2):
+            if None in row or None in row.values(): raise ValueError(f"line {n} has {len(row) - (None in row)} fields for a header of {len(reader.fieldnames)}")
+            if row['step'] == '' or not math.isfinite(float(row['step'])): raise ValueError(f"line {n} has step {row['step']!r}")
+        return reader.fieldnames, rows
+    except (UnicodeDecodeError, csv.Error, ValueError, KeyError) as e:
+        problem = f"no 'step' column" if isinstance(e, KeyError) else str(e)
+        raise ValueError(f"metrics file {str(path)!r} is damaged ({problem}): repair or delete it "
+                         "(the checkpoint holds the whole training state; the metrics are only its record)") from None
 
 # %% ../nbs/06_train.ipynb #53a61647
 class MetricsCSV:
@@ -252,10 +278,8 @@ class MetricsCSV:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         rows = []
         if keep_before_step is not None and self.path.exists():
-            with open(self.path, newline='') as f:
-                r = csv.DictReader(f)
-                self.header = r.fieldnames
-                rows = [row for row in r if int(float(row['step'])) < keep_before_step]
+            self.header, rows = _read_rows(self.path)
+            rows = [row for row in rows if int(float(row['step'])) < keep_before_step]
         self._rewrite(rows)
 
     def _rewrite(self, rows):
@@ -268,7 +292,7 @@ class MetricsCSV:
         if self.header is None:
             self.header = list(row); self._rewrite([])
         elif any(k not in self.header for k in row):
-            with open(self.path, newline='') as f: rows = list(csv.DictReader(f))
+            rows = _read_rows(self.path)[1]
             self.header = self.header + [k for k in row if k not in self.header]
             self._rewrite(rows)
         with open(self.path, 'a', newline='') as f:
@@ -279,9 +303,57 @@ def read_metrics(path: str | Path, # a metrics.csv written by the trainer
     "The columns of a metrics CSV as float arrays (missing values are NaN)."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"metrics file {str(path)!r} does not exist")
-    with open(path, newline='') as f: rows = list(csv.DictReader(f))
-    keys = list(rows[0]) if rows else []
-    return {k: np.array([float(r[k]) if r.get(k) not in ('', None) else np.nan for r in rows]) for k in keys}
+    keys, rows = _read_rows(path)
+    try: return {k: np.array([float(r[k]) if r.get(k) not in ('', None) else np.nan for r in rows]) for k in keys or []}
+    except ValueError as e: raise ValueError(f"metrics file {str(path)!r} is damaged ({e}): repair or delete it") from None
+
+# %% ../nbs/06_train.ipynb #37a5d61c
+def first_nonfinite(state: Any, # tensors nested in dicts, lists and tuples (a state dict, an optimiser's state)
+                    name: str = 'state', # how to call the root in the answer
+                   ) -> str | None:
+    "The name of the first floating-point tensor in `state` holding a NaN or an infinity; None when all are finite."
+    if isinstance(state, torch.Tensor):
+        return name if state.is_floating_point() and not bool(torch.isfinite(state).all()) else None
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    for key, value in items:
+        bad = first_nonfinite(value, f'{name}[{key!r}]')
+        if bad is not None: return bad
+    return None
+
+# %% ../nbs/06_train.ipynb #ee0e7348
+RUN_FIELDS = ('resume', 'max_steps', 'out_dir', 'num_workers', 'log_every', 'checkpoint_every', 'stop_signals')
+
+def config_changes(old: dict, # the settings a checkpoint was written with (`dataclasses.asdict` of a `TrainConfig`)
+                   new: dict, # this run's
+                  ) -> dict[str, tuple[Any, Any]]:
+    "The fields whose values differ, as `{name: (old, new)}`; a field only one side has (another version) is left out."
+    old, new = (json.loads(json.dumps(d, default=str)) for d in (old, new))   # tuples and lists compare equal
+    return {k: (old[k], new[k]) for k in new if k in old and old[k] != new[k]}
+
+# %% ../nbs/06_train.ipynb #26669c81
+def swap_signal_handlers(names: Sequence[str], # signal names ('SIGINT', 'SIGTERM', ...); ones this platform lacks are skipped
+                         handler: Callable, # called as `handler(signum, frame)`
+                        ) -> dict:
+    "Install `handler` for each signal (only the main thread can; elsewhere nothing changes); returns the replaced handlers."
+    if threading.current_thread() is not threading.main_thread(): return {}
+    return {num: signal.signal(num, handler) for num in {getattr(signal, n) for n in names if hasattr(signal, n)}}
+
+def restore_signal_handlers(previous: dict, # what `swap_signal_handlers` returned
+                           ) -> None:
+    "Put back the handlers `swap_signal_handlers` replaced (one installed outside Python comes back as the default)."
+    for num, handler in previous.items(): signal.signal(num, signal.SIG_DFL if handler is None else handler)
+
+# %% ../nbs/06_train.ipynb #1264a121
+def resume_command(argv: Sequence[str] | None = None, # a command line; None: `sys.argv`
+                  ) -> str | None:
+    "The `self_sup` command that continues this run (`--resume auto` for any `--resume`), or None outside the command line."
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or Path(argv[0]).name not in ('self_sup', 'cli.py'): return None
+    rest, skip = [], False
+    for a in argv[1:]:
+        if not skip and a != '--resume' and not a.startswith('--resume='): rest.append(a)
+        skip = a == '--resume'
+    return shlex.join(['self_sup', *rest, '--resume', 'auto'])
 
 # %% ../nbs/06_train.ipynb #53d8667e
 CHECKPOINT_FORMAT = 'self_sup.train'
@@ -319,6 +391,9 @@ class Trainer:
         self.out_dir = Path(c.out_dir) if c.out_dir else None
         self.checkpoint_path = self.out_dir / 'checkpoint.pt' if self.out_dir else None
         self.metrics_path = self.out_dir / 'metrics.csv' if self.out_dir else None
+        # the checkpoint before the newest, kept until the newest one's weights gave a finite loss
+        self.previous_checkpoint_path = self.out_dir / 'checkpoint.previous.pt' if self.out_dir else None
+        self._checkpoint_checked, self._resumed_config = True, None
         self.step = self.epoch = self.step_in_epoch = 0
         self.lr, self.weight_decay, self.metrics = self.peak_lr, c.weight_decay, {}
         self.optimizer = self.scaler = None
@@ -390,9 +465,21 @@ class Trainer:
             self.model = DistributedDataParallel(self.method, device_ids=ids, find_unused_parameters=c.find_unused_parameters)
         if self.rank == 0 and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / 'config.json').write_text(json.dumps(dataclasses.asdict(c), indent=1))
             self._log = MetricsCSV(self.metrics_path, keep_before_step=self.step if resume is not None else None)
+            self._write_config()
         self._ready = True
+
+    def _write_config(self):
+        "config.json; on a resume with other settings, a warning naming each, and the old ones in config_history.jsonl."
+        new, old = dataclasses.asdict(self.config), self._resumed_config
+        changes = {k: v for k, v in config_changes(old, new).items() if k != 'resume'} if old is not None else {}
+        if changes:
+            with open(self.out_dir / 'config_history.jsonl', 'a') as f:
+                f.write(json.dumps(dict(step=self.step, changes=changes, previous=old), default=str) + '\n')
+            shown = [f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items() if k not in RUN_FIELDS]
+            if shown: warnings.warn(f"resuming at step {self.step} with changed settings: {', '.join(shown)} (the checkpoint's "
+                                    f"settings stay in {str(self.out_dir / 'config_history.jsonl')!r})")
+        (self.out_dir / 'config.json').write_text(json.dumps(new, indent=1))
 
     # ---- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -414,10 +501,43 @@ class Trainer:
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None: raise ValueError("no checkpoint path: set TrainConfig.out_dir or pass a path")
         state = self.state_dict()
-        if self.rank == 0: save_checkpoint(state, path)
+        bad = first_nonfinite(state['method'], 'method') or first_nonfinite(state['optimizer']['state'], 'optimizer state')
+        if bad is not None:   # a checkpoint that cannot resume must not replace one that can
+            raise FloatingPointError(f"{bad} is not finite after step {self.step}: no checkpoint written, training stopped; "
+                                     + self._last_good())
+        if self.rank == 0:
+            if path == self.checkpoint_path: self._keep_previous()
+            save_checkpoint(state, path)
         barrier()
-        if path == self.checkpoint_path: self.last_checkpoint_step = self.step
+        if path == self.checkpoint_path: self.last_checkpoint_step, self._checkpoint_checked = self.step, False
         return path
+
+    def _keep_previous(self):
+        # the checkpoint about to be replaced stays (as a hard link: no copy) until the new one's weights gave a finite loss
+        if not self._checkpoint_checked or not self.checkpoint_path.exists(): return   # unchecked: keep the older one
+        tmp = self.previous_checkpoint_path.with_name('.checkpoint.previous.pt.tmp')
+        try: os.link(self.checkpoint_path, tmp); os.replace(tmp, self.previous_checkpoint_path)
+        except OSError: tmp.unlink(missing_ok=True)      # a file system without hard links: no fallback copy
+
+    def _drop_previous(self):
+        self._checkpoint_checked = True
+        if self.rank == 0 and self.previous_checkpoint_path is not None: self.previous_checkpoint_path.unlink(missing_ok=True)
+
+    def _last_good(self) -> str:
+        "Where to resume after a non-finite value; a checkpoint whose own weights gave it is moved aside first."
+        if self._checkpoint_checked or self.last_checkpoint_step != self.step or self.checkpoint_path is None:
+            return (f"the last good checkpoint is {str(self.checkpoint_path)!r} (step {self.last_checkpoint_step})"
+                    if self.last_checkpoint_step is not None else "no checkpoint was written yet")
+        self._checkpoint_checked, diverged = True, self.out_dir / 'checkpoint.diverged.pt'
+        if self.rank != 0: return "rank 0 names the checkpoint to resume from"
+        os.replace(self.checkpoint_path, diverged)
+        if self.previous_checkpoint_path.exists(): os.replace(self.previous_checkpoint_path, self.checkpoint_path)
+        moved = f"the checkpoint of step {self.step} holds the weights that gave it (moved to {str(diverged)!r}); "
+        if not self.checkpoint_path.exists():
+            self.last_checkpoint_step = None
+            return moved + "no checkpoint that resumes was written"
+        self.last_checkpoint_step = torch.load(self.checkpoint_path, map_location='cpu', mmap=True, weights_only=False)['step']
+        return moved + f"the last good checkpoint is {str(self.checkpoint_path)!r} (step {self.last_checkpoint_step})"
 
     def _restore(self, path: Path):
         ckpt = load_checkpoint(path)
@@ -445,6 +565,7 @@ class Trainer:
                           "the run continues with the new schedules")
         self.step, self.epoch, self.step_in_epoch = ckpt['step'], ckpt['epoch'], ckpt['step_in_epoch']
         self._elapsed, self.last_checkpoint_step = ckpt['elapsed'], ckpt['step']
+        self._resumed_config, self._checkpoint_checked = ckpt.get('config'), path != self.checkpoint_path
         if len(ckpt['rng']) != self.world_size:
             warnings.warn(f"the checkpoint holds random states of {len(ckpt['rng'])} process(es), this run has {self.world_size}: "
                           "the data order is kept, the methods' own random draws are not")
@@ -459,16 +580,17 @@ class Trainer:
         # our own generator: creating the loader must not draw from the global one (a resume would differ)
         return DataLoader(SeededSamples(self.train_data, c.seed, self.collate_fn), sampler=keys, batch_size=None,
                           collate_fn=_keep, num_workers=c.num_workers, pin_memory=self.device.type == 'cuda',
-                          worker_init_fn=_ignore_sigint if c.num_workers else None, generator=torch.Generator().manual_seed(c.seed))
+                          worker_init_fn=partial(_ignore_signals, c.stop_signals) if c.num_workers else None, generator=torch.Generator().manual_seed(c.seed))
 
     def _start_loader(self):
-        # forked workers inherit the SIGINT disposition: ignoring it while they start leaves no window in which
-        # a Ctrl-C could kill a worker (spawned workers ignore it from `_ignore_sigint` on)
-        main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main and self.config.num_workers else None
+        # workers inherit the signal mask: blocking the stop signals while they start leaves no window in which one
+        # could kill a worker (they ignore them from `_ignore_signals` on), and this process receives any that came meanwhile
+        nums = {getattr(signal, n) for n in self.config.stop_signals if hasattr(signal, n)}
+        block = bool(self.config.num_workers and nums and hasattr(signal, 'pthread_sigmask'))
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, nums) if block else None
         try: return iter(self._loader())
         finally:
-            if previous is not None: signal.signal(signal.SIGINT, previous)
+            if previous is not None: signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def _outputs(self, out) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         name = type(self.method).__name__
@@ -514,10 +636,9 @@ class Trainer:
         values = all_reduce_mean(values).tolist()
         metrics, stop = dict(zip(keys, values[:-1])), values[-1] > 0
         if not math.isfinite(metrics['loss']):
-            last = (f"the last good checkpoint is {str(self.checkpoint_path)!r} (step {self.last_checkpoint_step})"
-                    if self.last_checkpoint_step is not None else "no checkpoint was written yet")
             raise FloatingPointError(f"loss is {metrics['loss']} at step {self.step} (epoch {self.epoch}); training stopped "
-                                     f"before the parameters changed; {last}")
+                                     f"before the parameters changed; {self._last_good()}")
+        if not self._checkpoint_checked and self.last_checkpoint_step == self.step: self._drop_previous()
         self.scaler.unscale_(opt)
         if self.step < self.freeze_steps:
             for p in self._frozen: p.grad = None
@@ -530,20 +651,39 @@ class Trainer:
         self._stop_flag = stop
         return metrics
 
-    def _on_sigint(self, signum, frame):
-        if self._stop_requested: raise KeyboardInterrupt
-        self._stop_requested = True
-        self._print("\nstopping after this step (a checkpoint will be written); press Ctrl-C again to abort at once")
+    def _on_stop_signal(self, signum, frame):
+        if self._stop_requested and signum == signal.SIGINT: raise KeyboardInterrupt   # a second Ctrl-C
+        if self._stop_requested: return             # e.g. SLURM's SIGTERM after its SIGUSR1: the step still ends cleanly
+        self._stop_requested = signal.Signals(signum).name
+        self._print(f"\n{self._stop_requested}: stopping after this step (a checkpoint will be written)"
+                    + ("; press Ctrl-C again to abort at once" if signum == signal.SIGINT else ""))
+
+    @contextmanager
+    def _folder_lock(self):
+        "Rank 0 locks out_dir for the run's life (a second run there fails at once); every rank learns if it could."
+        lock, error = FolderLock(self.out_dir) if self.out_dir is not None and self.rank == 0 else None, None
+        if lock is not None:
+            try: lock.acquire()
+            except FolderInUse as e: error = e
+        if self.out_dir is not None and self.world_size > 1:
+            failed = all_reduce_mean(torch.tensor([float(error is not None)], device=self.device)).item() > 0
+            if failed and error is None: error = FolderInUse(f"{str(self.out_dir)!r} is in use by another run (see rank 0)")
+        if error is not None: raise error
+        try: yield
+        finally:
+            if lock is not None: lock.release()
 
     def fit(self) -> dict[str, float]:
         "Train until `epochs` (or `max_steps`) are done; return the last step's metrics."
-        if not self._ready: self._setup()
+        with self._folder_lock():
+            if not self._ready: self._setup()
+            return self._fit()
+
+    def _fit(self) -> dict[str, float]:
         c = self.config
         stop_at = self.total_steps if c.max_steps is None else min(self.total_steps, c.max_steps)
         if self.step >= stop_at: return self.metrics
-        old_handler = None
-        if threading.current_thread() is threading.main_thread():
-            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        handlers = swap_signal_handlers(c.stop_signals, self._on_stop_signal)
         bar = progress(total=stop_at, initial=self.step, desc='train', disable=None if self.rank == 0 else True)
         in_step, self._stop_requested, self._stop_flag = False, False, False
         self.method.train()
@@ -569,19 +709,21 @@ class Trainer:
                 # ranks agree on the reduced flag; a lone process may also stop on a request made during this step
                 if self._stop_flag or (self.world_size == 1 and self._stop_requested): raise KeyboardInterrupt
             if self.out_dir is not None and self.last_checkpoint_step != self.step: self.save()
+            if self.out_dir is not None: self._drop_previous()    # the run is done
         except KeyboardInterrupt:
             if in_step:
                 last = f"step {self.last_checkpoint_step}" if self.last_checkpoint_step is not None else "none written"
                 self._print(f"interrupted in the middle of step {self.step}: no checkpoint written (the last one: {last})")
             elif self.out_dir is not None:
                 if self.last_checkpoint_step != self.step: self.save()
-                self._print(f"interrupted after step {self.step}; checkpoint {self.checkpoint_path}; "
-                            f"continue with TrainConfig(resume='auto', ...) or resume={str(self.checkpoint_path)!r}")
+                by, command = f" by {self._stop_requested}" if self._stop_requested else '', resume_command()
+                self._print(f"interrupted{by} after step {self.step}; checkpoint {self.checkpoint_path}; continue with "
+                            + (command or f"TrainConfig(resume='auto', ...) or resume={str(self.checkpoint_path)!r}"))
             raise
         finally:
             bar.close()
             self._batches = None
-            if old_handler is not None: signal.signal(signal.SIGINT, old_handler)
+            restore_signal_handlers(handlers)
         return self.metrics
 
 # %% ../nbs/06_train.ipynb #feebd5c3

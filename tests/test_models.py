@@ -219,3 +219,10 @@ def test_load_into_a_plain_module(tmp_path):
     net2 = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     load_weights(net2, tmp_path / 'net.pth')
     assert same(net, net2, torch.rand(5, 3))
+
+
+@pytest.mark.parametrize('kwargs', [dict(patch_size=0), dict(patch_size=-2), dict(img_size=0), dict(in_chans=0)])
+def test_vit_sizes_must_be_positive_integers(kwargs):
+    # patch_size=0 used to end in a ZeroDivisionError deep inside timm
+    with pytest.raises(ValueError, match=f"{list(kwargs)[0]} must be a positive integer"):
+        create_backbone('vit_tiny_patch16', **kwargs)
