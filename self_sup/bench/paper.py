@@ -4,7 +4,7 @@
 
 # %% ../../nbs/50g_bench.paper.ipynb #039ef1ae
 from __future__ import annotations
-import argparse, json, math, shlex, sys, tempfile
+import argparse, dataclasses, json, math, shlex, sys, tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -16,44 +16,35 @@ from ..core import check_in, check_int, check_positive
 from ..data.images import sample_image, write_cifar
 from ..data.video import open_video, read_frames, write_video
 from ..distributed import get_rank, get_world_size
+from ..recipes import Recipe, make_trainer, recipes
 from ..train import measure_training
 
 # %% auto #0
 __all__ = ['IMAGE_METHODS', 'VIDEO_METHODS', 'METHODS', 'CPU_SETTINGS', 'CPU_BATCH_SIZE', 'SHORT_VIDEO_FRAMES',
-           'MIN_STAND_IN_CLIPS', 'paper_recipe', 'write_photo_imagenet', 'write_photo_cifar', 'bikes_frames',
-           'forward_backward', 'write_walking_video', 'write_short_videos', 'measure_recipe', 'clips_needed',
-           'stand_in_data', 'main']
+           'MIN_STAND_IN_CLIPS', 'paper_runs', 'paper_recipe', 'write_photo_imagenet', 'write_photo_cifar',
+           'bikes_frames', 'forward_backward', 'write_walking_video', 'write_short_videos', 'measure_recipe',
+           'clips_needed', 'stand_in_data', 'main']
 
 # %% ../../nbs/50g_bench.paper.ipynb #700030bf
-IMAGE_METHODS = ('rotnet', 'simclr', 'moco_v2', 'moco_v3', 'swav', 'dino')
-VIDEO_METHODS = ('dora', 'timetuning')
+def _reads_video(recipe: Recipe) -> bool: return 'video' in {f.name for f in dataclasses.fields(recipe.config)}
+
+def paper_runs() -> dict[str, tuple[Recipe, dict]]:
+    "Each registered method's paper runs (not aliases such as 'dino-cpu'): name -> (recipe, config changes)."
+    return {run: (r, changes) for r in recipes().values() if r.config.__dataclass_fields__['preset'].default == 'paper'
+            for run, changes in r.paper_runs.items()}
+
+IMAGE_METHODS = tuple(n for n, (r, _) in paper_runs().items() if not _reads_video(r))
+VIDEO_METHODS = tuple(n for n, (r, _) in paper_runs().items() if _reads_video(r))
 METHODS = IMAGE_METHODS + VIDEO_METHODS
 
 def paper_recipe(method: str, # one of `METHODS`
                  **changes, # fields of the method's config to change
                 ) -> tuple[object, Callable]:
-    "The paper configuration of `method` (with `changes`) and the method's `make_trainer`."
+    "The paper configuration of `method` (with `changes`) and the kit's `make_trainer`."
     check_in('method', method, METHODS)
-    if method == 'rotnet':
-        from self_sup.methods.rotnet import RotNetConfig as C, make_trainer
-        return C(**changes), make_trainer
-    if method == 'simclr':
-        from self_sup.methods.simclr import SimCLRConfig as C, make_trainer
-        return C(**changes), make_trainer
-    if method.startswith('moco'):
-        from self_sup.methods.moco import MoCoConfig as C, make_trainer
-        return C(version=method.split('_')[1], **changes), make_trainer
-    if method == 'swav':
-        from self_sup.methods.swav import SwAVConfig as C, make_trainer
-        return C(**changes), make_trainer
-    if method == 'dora':
-        from self_sup.methods.dora import DoRAConfig as C, make_trainer
-        return C(**changes), make_trainer
-    if method == 'timetuning':
-        from self_sup.methods.timetuning import TimeTuningConfig as C, make_trainer
-        return C(**changes), make_trainer
-    from self_sup.methods.dino import DINOConfig as C, make_trainer
-    return C(**changes), make_trainer
+    recipe, run = paper_runs()[method]
+    return recipe.config(**run, **changes), make_trainer
+
 
 # %% ../../nbs/50g_bench.paper.ipynb #87d3d400
 def write_photo_imagenet(root: str | Path, # the folder to create (`root/train/<wnid>/<i>.JPEG`)
