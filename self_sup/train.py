@@ -20,7 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .core import (FolderInUse, FolderLock, check_in, check_positive, check_range, get_device, load_checkpoint, progress, rng_state, check_int,
                            save_checkpoint, seed_everything, set_rng_state)
-from .distributed import all_reduce_mean, barrier, get_rank, get_world_size, init_distributed, is_distributed
+from .distributed import (all_reduce_mean, barrier, convert_sync_batchnorm, get_rank, get_world_size, init_distributed,
+                                  is_distributed)
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'PRECISIONS', 'RUN_FIELDS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'cosine_schedule', 'linear_schedule',
@@ -453,7 +454,9 @@ class Trainer:
     def _setup(self):
         c = self.config
         resume = self._resume_path()
-        if c.sync_batchnorm and self.world_size > 1: self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        if c.sync_batchnorm and self.world_size > 1:   # PyTorch's (NCCL) on GPUs; the kit's elsewhere (nn.SyncBatchNorm refuses CPU tensors)
+            self.method = (nn.SyncBatchNorm.convert_sync_batchnorm(self.method) if self.device.type == 'cuda'
+                           else convert_sync_batchnorm(self.method))
         self.method.to(self.device)
         seed_everything(c.seed + self.rank)
         self._hook('on_train_start')

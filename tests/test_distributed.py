@@ -109,3 +109,20 @@ def test_sync_batchnorm_on_cpu_matches_one_process():
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
         for g, p in zip(o['grads'], net.parameters()):
             torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_two_process_simclr_on_cpu_matches_one_process(tmp_path):
+    "The README's torchrun command: 2 gloo processes x 16 images give the losses of 1 process x 32 (global BatchNorm)."
+    import csv, os, shutil, subprocess, sys
+    env = {**os.environ, 'SELF_SUP_PROGRESS': '0', 'OMP_NUM_THREADS': '1'}
+    common = ['train', 'simclr', '--preset', 'cpu', '--device', 'cpu', '--num-workers', '0', '--max-steps', '3']
+    runs = {1: [sys.executable, '-m', 'self_sup.cli', *common, '--batch-size', '32', '--out-dir', str(tmp_path / '1')],
+            2: [shutil.which('torchrun'), '--standalone', '--nproc_per_node=2', '-m', 'self_sup.cli', *common,
+                '--batch-size', '16', '--out-dir', str(tmp_path / '2')]}
+    losses = {}
+    for n, cmd in runs.items():
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        with open(tmp_path / str(n) / 'metrics.csv') as f: losses[n] = [float(row['loss']) for row in csv.DictReader(f)]
+    assert len(losses[1]) == 3
+    torch.testing.assert_close(torch.tensor(losses[2]), torch.tensor(losses[1]), atol=1e-5, rtol=1e-5)

@@ -61,7 +61,7 @@ class SimCLRConfig(RunConfig):
 
     PRESETS: ClassVar[dict[str, dict]] = {'paper': {}, 'cpu': dict(   # 'cpu': a few minutes on the built-in digits
         dataset='digits', image_size=28, crop_scale=(0.2, 1.0), color_strength=0.5, backbone='small_cnn', temperature=0.2,
-        epochs=8, batch_size=128, optimizer='adamw', lr=1e-3, warmup_epochs=1, weight_decay=1e-4, sync_batchnorm=False,
+        epochs=8, batch_size=128, optimizer='adamw', lr=1e-3, warmup_epochs=1, weight_decay=1e-4,
         precision='32', num_workers=1, log_every=1)}
 
     def __post_init__(self):
