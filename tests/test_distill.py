@@ -1,8 +1,8 @@
-"""Single-image distillation: bad inputs and their messages (missing image, image smaller than a patch,
-teacher whose classes do not fit the task, bad config values), the configs on the generated command line,
-a tiny end-to-end demo and `distill` run, DataLoader workers, determinism, and the paper-scale CIFAR path
-on tiny generated files."""
-import argparse, json
+"""Single-image distillation (`self_sup.methods.distill`): bad inputs and their messages (missing image, image
+smaller than a patch, teacher whose classes do not fit the task, bad config values), the config on the generated
+command line, a tiny end-to-end `distill` run, DataLoader workers, determinism, and the paper-scale CIFAR path
+on tiny generated files. The demo's tests are in `test_demo.py`, the classifiers' in `test_tasks.py`."""
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from self_sup.data.images import write_cifar
-from self_sup.methods.distill import (Classifier, DemoConfig, DistillConfig, VideoDistillConfig, demo, distill,
-                                      distill_student, load_classifier, load_task, make_source, save_classifier)
+from self_sup.methods.distill import DistillConfig, VideoDistillConfig, distill, distill_student, make_source
+from self_sup.tasks import Classifier, load_classifier, load_task, save_classifier
 
 
 @pytest.fixture(scope='module')
@@ -33,47 +33,29 @@ def tiny_image(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------- bad inputs
 def test_missing_image_path(tmp_path):
     missing = str(tmp_path / 'no_such_photo.jpg')
-    for make in (lambda: DistillConfig(image=missing), lambda: DemoConfig(image=missing), lambda: VideoDistillConfig(image=missing)):
+    for make in (lambda: DistillConfig(image=missing), lambda: VideoDistillConfig(image=missing)):
         with pytest.raises(ValueError, match=r"image must be a sample image name .*no_such_photo\.jpg' does not exist"): make()
-    with pytest.raises(ValueError, match='is a folder'): DemoConfig(image=str(tmp_path))
+    with pytest.raises(ValueError, match='is a folder'): DistillConfig(image=str(tmp_path))
     with pytest.raises(FileNotFoundError, match='no_such_photo.jpg'): make_source(missing, load_task('mnist'))
 
 
-def test_image_smaller_than_patch(tiny_image, random_teacher, tmp_path):
+def test_image_smaller_than_patch(tiny_image):
     task = load_task('mnist')
     with pytest.raises(ValueError, match=r"source image .*tiny\.png' is too small: image of 20x16 pixels is smaller than the patch size 28x28"):
         make_source(str(tiny_image), task)
     make_source(str(tiny_image), task, patch_size=16)    # fits at 16 pixels
-    # the demo refuses it before any training, and writes nothing
-    with pytest.raises(ValueError, match='too small'):
-        demo(DemoConfig(image=str(tiny_image), teacher=str(random_teacher), out_dir=tmp_path / 'out'))
-    assert not (tmp_path / 'out').exists()
 
 
 def test_teacher_classes_do_not_match_task(tmp_path):
     path = save_classifier(Classifier('small_cnn', 100, 1, widths=(8, 16)), tmp_path / 'cifar100_teacher.pt')
     with pytest.raises(ValueError, match="predicts 100 classes, but the task has 10"):
         distill(DistillConfig(teacher=str(path), steps=1))
-    with pytest.raises(ValueError, match="predicts 100 classes, but the task has 10"):
-        demo(DemoConfig(teacher=str(path), steps=1, out_dir=tmp_path / 'out'))
     rgb = save_classifier(Classifier('small_cnn', 10, 3, widths=(8, 16)), tmp_path / 'rgb_teacher.pt')
     with pytest.raises(ValueError, match="takes 3-channel images, but the task's images have 1"):
         distill(DistillConfig(teacher=str(rgb), steps=1))
-    (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
-    with pytest.raises(ValueError, match='junk.pt'): load_classifier(tmp_path / 'junk.pt', 10, 1)
-    torch.save({'weights': torch.zeros(3)}, tmp_path / 'other.pt')
-    with pytest.raises(ValueError, match='is not a classifier checkpoint'): load_classifier(tmp_path / 'other.pt', 10, 1)
 
 
 @pytest.mark.parametrize('cls, field, value, message', [
-    (DemoConfig, 'steps', 0, 'steps must be an integer >= 1, got 0'),
-    (DemoConfig, 'steps', 2.5, 'steps must be an integer >= 1, got 2.5'),
-    (DemoConfig, 'batch_size', -4, 'batch_size must be an integer >= 1'),
-    (DemoConfig, 'seed', -1, 'seed must be an integer >= 0'),
-    (DemoConfig, 'threads', -1, 'threads must be an integer >= 0'),
-    (DemoConfig, 'task', 'cifar10', "task must be one of \\['mnist', 'photo'\\]"),
-    (DemoConfig, 'teacher', 'missing.pt', "teacher must be 'train' .* 'missing.pt' does not exist"),
-    (DemoConfig, 'image', 'real', 'use upper_bound=True'),
     (DistillConfig, 'lr', 0.0, 'lr must be a positive number, got 0.0'),
     (DistillConfig, 'temperature', -8.0, 'temperature must be a positive number'),
     (DistillConfig, 'targets', 'hard', "targets must be one of \\['soft', 'topk', 'argmax'\\], got 'hard'"),
@@ -91,41 +73,16 @@ def test_bad_config_values_name_the_field(cls, field, value, message):
     assert field in str(info.value)
 
 
-def test_configs_on_the_generated_command_line():
+def test_config_on_the_generated_command_line():
     "The lead's CLI builds options from the fields: every field must round-trip through argparse."
     from self_sup.cli import add_dataclass_arguments, dataclass_from_args
-    for cls, argv, expected in [
-            (DemoConfig, ['--image', 'chelsea', '--steps', '10', '--no-noise', '--out-dir', 'x', '--threads', '1'],
-             DemoConfig(image='chelsea', steps=10, noise=False, out_dir=Path('x'), threads=1)),
-            (DistillConfig, ['--targets', 'topk', '--top-k', '3', '--widths', '16', '32', '--patch-size', '32', '--device', 'cpu'],
-             DistillConfig(targets='topk', top_k=3, widths=(16, 32), patch_size=32, device='cpu'))]:
-        parser = add_dataclass_arguments(argparse.ArgumentParser(), cls)
-        assert dataclass_from_args(cls, parser.parse_args([])) == cls()
-        assert dataclass_from_args(cls, parser.parse_args(argv)) == expected
+    argv = ['--targets', 'topk', '--top-k', '3', '--widths', '16', '32', '--patch-size', '32', '--device', 'cpu']
+    parser = add_dataclass_arguments(argparse.ArgumentParser(), DistillConfig)
+    assert dataclass_from_args(DistillConfig, parser.parse_args([])) == DistillConfig()
+    assert dataclass_from_args(DistillConfig, parser.parse_args(argv)) == DistillConfig(targets='topk', top_k=3, widths=(16, 32), patch_size=32, device='cpu')
 
 
 # ---------------------------------------------------------------- end to end
-def test_tiny_demo_writes_report_and_plots(random_teacher, tmp_path):
-    photo = tmp_path / 'photo.png'           # any image file works as the source
-    PIL.Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(photo)
-    out = tmp_path / 'demo_out'
-    r = demo(DemoConfig(image=str(photo), teacher=str(random_teacher), steps=2, batch_size=16, upper_bound=True, out_dir=out))
-    for name in ['curves.png', 'accuracy.png', 'patches.png', 'report.md', 'report.html', 'results.json',
-                 'student_one_image.pt', 'student_noise.pt', 'student_real_images.pt']:
-        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    report = (out / 'report.md').read_text()
-    assert f"{r['teacher_accuracy']:.1%}" in report and str(photo) in report
-    for name in ('one image', 'noise', 'real images'):
-        assert f"{r['students'][name]['accuracy']:.1%}" in report and f"student from {name}" in report
-    assert '94.1%' in report and '69.3%' in report          # the paper's numbers beside ours
-    assert json.loads((out / 'results.json').read_text())['students']['noise']['image'] == 'noise'
-    assert '<table>' in (out / 'report.html').read_text()
-    student = load_classifier(out / 'student_one_image.pt', 10, 1)
-    assert student(torch.rand(2, 1, 28, 28)).shape == (2, 10)
-    # the same folder again: the demo overwrites its own files
-    demo(DemoConfig(teacher=str(random_teacher), steps=1, batch_size=8, noise=False, out_dir=out))
-
-
 def test_teacher_trained_then_reused(tmp_path):
     r = distill(DistillConfig(teacher='train', teacher_epochs=1, widths=(8, 16), steps=2, batch_size=8, out_dir=tmp_path / 'run'))
     assert r['teacher_accuracy'] > 0.2          # above chance (10%) after one epoch of a tiny CNN

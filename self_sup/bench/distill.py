@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader
 from .patches import items_per_second
 from ..core import get_device
 from ..data.images import SingleImagePatches, write_cifar
-from ..methods.distill import (Classifier, Distiller, PatchBatches, distill_student, edge_strokes,
-                                      load_task, paper_config, save_classifier)
+from ..methods.distill import Distiller, PatchBatches, distill_student, edge_strokes, paper_config
+from ..tasks import Classifier, load_task, save_classifier
 
 # %% auto #0
 __all__ = ['measure', 'paper_scale', 'main']

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/17_methods.distill.ipynb #c10902be
 from __future__ import annotations
-import dataclasses, json, math, os, time
+import dataclasses, json, os, time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,22 +17,18 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..augment import cutmix
-from ..core import (check_in, check_int, check_positive, check_range, get_device, load_checkpoint, progress,
-                           save_checkpoint, seed_everything)
-from ..data.images import (CIFAR10, CIFAR100, SAMPLE_IMAGES, BuiltinDigits, SingleImagePatches, as_rgb_image,
-                                  image_complexity)
-from ..models import create_backbone
+from ..core import check_in, check_int, check_positive, check_range, get_device, seed_everything
+from ..data.images import SAMPLE_IMAGES, SingleImagePatches
+from ..tasks import (TASKS, VIDEO_LABELS, Classifier, FakeVideos, FrameWiseVideoClassifier, LabelledImages,
+                            SupervisedClassification, Task, accuracy, load_classifier, load_task, match_input,
+                            moving_digits_task, save_classifier, train_teacher)
 from ..train import Trainer, TrainConfig
 
 # %% auto #0
-__all__ = ['TARGETS', 'LUMA_WEIGHTS', 'PATCH_STYLES', 'CLASSIFIER_FORMAT', 'TASKS', 'DIRECTIONS', 'VIDEO_LABELS', 'PAPER_CIFAR10',
-           'teacher_targets', 'distillation_loss', 'match_input', 'margin_mask', 'edge_strokes', 'first_item',
-           'PatchBatches', 'Classifier', 'save_classifier', 'load_classifier', 'LabelledImages', 'Task', 'load_task',
-           'accuracy', 'jitter_images', 'SupervisedClassification', 'train_teacher', 'Distiller', 'AccuracyMonitor',
-           'DistillConfig', 'make_source', 'patch_transform', 'get_teacher', 'distill_student', 'torch_threads',
-           'distill', 'paper_config', 'weights_fingerprint', 'run_key', 'cached_student', 'moving_digits',
-           'moving_digits_task', 'FrameWiseVideoClassifier', 'FakeVideos', 'VideoDistillConfig', 'distill_video',
-           'plot_curves', 'plot_accuracy_bars', 'teacher_top_k', 'plot_patch_predictions', 'DemoConfig', 'demo']
+__all__ = ['TARGETS', 'PATCH_STYLES', 'teacher_targets', 'distillation_loss', 'margin_mask', 'edge_strokes', 'first_item',
+           'PatchBatches', 'Distiller', 'AccuracyMonitor', 'check_source', 'check_teacher', 'DistillConfig',
+           'make_source', 'patch_transform', 'get_teacher', 'distill_student', 'torch_threads', 'distill',
+           'paper_config', 'VideoDistillConfig', 'distill_video']
 
 # %% ../../nbs/17_methods.distill.ipynb #73de8aaf
 TARGETS = ('soft', 'topk', 'argmax')
@@ -68,31 +64,6 @@ def distillation_loss(student_logits: Tensor, # [B, K] logits of the student (gr
     p = teacher_targets(teacher_logits, temperature, mode, k)
     log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
     return (torch.xlogy(p, p) - p * log_q).sum(1).mean()
-
-# %% ../../nbs/17_methods.distill.ipynb #4d2b1a0c
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's convert('L')
-
-def match_input(x: Tensor, # images [B, C, H, W] or clips [B, C, T, H, W], float
-                in_chans: int, # channels the network takes: 1 (grey) or 3 (RGB)
-                size: int | None = None, # side the network takes; None: keep the size
-               ) -> Tensor:
-    "Convert images (or clips) to `in_chans` channels (RGB -> grey by luma, grey -> RGB by repetition) and resize them to `size`."
-    if not isinstance(x, Tensor) or x.ndim not in (4, 5):
-        raise ValueError(f"expected images [B, C, H, W] or clips [B, C, T, H, W], got {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
-    c = x.shape[1]
-    if c != in_chans:
-        if c == 3 and in_chans == 1:
-            w = torch.tensor(LUMA_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, *([1] * (x.ndim - 2)))
-            x = (x * w).sum(1, keepdim=True)
-        elif c == 1 and in_chans == 3: x = x.expand(-1, 3, *x.shape[2:])
-        else: raise ValueError(f"cannot convert images with {c} channels to {in_chans}: only RGB <-> grey (3 <-> 1) is supported")
-    if size is not None and tuple(x.shape[-2:]) != (size, size):
-        if x.ndim == 5:
-            b, ch, t = x.shape[:3]
-            y = match_input(x.transpose(1, 2).reshape(b * t, ch, *x.shape[-2:]), ch, size)
-            return y.view(b, t, ch, size, size).transpose(1, 2)
-        x = F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
-    return x
 
 # %% ../../nbs/17_methods.distill.ipynb #da4dee3b
 PATCH_STYLES = ('plain', 'edges')
@@ -175,197 +146,6 @@ class PatchBatches(Dataset):
             x = torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])
         return self.transform(x) if self.transform is not None else x
 
-# %% ../../nbs/17_methods.distill.ipynb #6b352851
-CLASSIFIER_FORMAT = 'self_sup.distill.classifier'
-
-class Classifier(nn.Module):
-    "A `self_sup.models` backbone with a linear head: the teacher and the student of the distillation."
-    def __init__(self,
-                 arch: str = 'small_cnn', # any `create_backbone` name ('small_cnn', 'resnet18', 'vit_tiny_patch16', ...)
-                 num_classes: int = 10, # classes of the task
-                 in_chans: int = 1, # input channels: 1 grey, 3 RGB
-                 **backbone_kwargs, # passed to `create_backbone`, e.g. widths=(32, 64, 128) for 'small_cnn'
-                ):
-        super().__init__()
-        check_positive('num_classes', num_classes); check_positive('in_chans', in_chans)
-        self.spec = dict(arch=arch, num_classes=int(num_classes), in_chans=int(in_chans), **backbone_kwargs)
-        self.num_classes, self.in_chans = int(num_classes), int(in_chans)
-        self.backbone = create_backbone(arch, in_chans=in_chans, **backbone_kwargs)
-        self.head = nn.Linear(self.backbone.embed_dim, num_classes)
-    def forward(self, x: Tensor) -> Tensor:
-        "Logits [B, num_classes] of images [B, in_chans, H, W]."
-        return self.head(self.backbone(x))
-
-def save_classifier(model: Classifier, # the network to save
-                    path: str | Path, # the file to write (atomically)
-                    **info, # anything else worth keeping (task, accuracy, ...)
-                   ) -> Path:
-    "Write a classifier as one file that `load_classifier` rebuilds (architecture, weights and `info`)."
-    if not isinstance(model, Classifier): raise TypeError(f"model must be a Classifier, got {type(model).__name__}")
-    spec = {k: list(v) if isinstance(v, tuple) else v for k, v in model.spec.items()}
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return save_checkpoint(dict(format=CLASSIFIER_FORMAT, spec=spec, state_dict=state, info=info), path)
-
-def load_classifier(path: str | Path, # a file written by `save_classifier`, or a plain state dict of a `Classifier`
-                    num_classes: int | None = None, # the task's classes: a teacher with another number is refused
-                    in_chans: int | None = None, # the task's channels: likewise
-                    arch: str = 'small_cnn', # architecture of a plain state dict (ignored for `save_classifier` files)
-                    **backbone_kwargs, # likewise, e.g. widths
-                   ) -> Classifier:
-    "Rebuild a saved classifier (e.g. a teacher) and check that it fits the task's classes and channels."
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"teacher checkpoint {str(path)!r} does not exist")
-    ckpt = load_checkpoint(path)
-    if isinstance(ckpt, dict) and ckpt.get('format') == CLASSIFIER_FORMAT:
-        spec, state = dict(ckpt['spec']), ckpt['state_dict']
-        if 'widths' in spec: spec['widths'] = tuple(spec['widths'])
-    elif isinstance(ckpt, dict) and all(isinstance(v, Tensor) for v in ckpt.values()) and 'head.weight' in ckpt:
-        state = ckpt
-        spec = dict(arch=arch, num_classes=ckpt['head.weight'].shape[0], in_chans=in_chans or 1, **backbone_kwargs)
-    else:
-        keys = list(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{str(path)!r} is not a classifier checkpoint (written by save_classifier, or a Classifier state dict "
-                         f"with 'head.weight'); it holds {keys}")
-    if num_classes is not None and spec['num_classes'] != num_classes:
-        raise ValueError(f"the teacher in {str(path)!r} predicts {spec['num_classes']} classes, but the task has {num_classes}: "
-                         "use a teacher trained on this task")
-    if in_chans is not None and spec['in_chans'] != in_chans:
-        raise ValueError(f"the teacher in {str(path)!r} takes {spec['in_chans']}-channel images, but the task's images have {in_chans}")
-    model = Classifier(**spec)
-    try: model.load_state_dict(state)
-    except RuntimeError as e: raise ValueError(f"the weights in {str(path)!r} do not fit a {spec['arch']} classifier: {e}") from e
-    return model.eval()
-
-# %% ../../nbs/17_methods.distill.ipynb #8b22bff2
-TASKS = ('mnist', 'photo', 'cifar10', 'cifar100')
-
-class LabelledImages(Dataset):
-    "uint8 images [N, C, H, W] and labels [N] as a dataset of (float image in [0, 1], label)."
-    def __init__(self, images: Tensor, labels: Tensor):
-        if len(images) != len(labels): raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images, self.labels = images, labels
-    def __len__(self) -> int: return len(self.labels)
-    def __getitem__(self, i: int): return self.images[i].float().div(255), int(self.labels[i])
-    def get_batch(self, indices) -> Tensor:
-        "The images `indices` as one float batch (labels dropped: what distillation uses)."
-        return self.images[torch.as_tensor(np.asarray(indices))].float().div(255)
-
-@dataclass
-class Task:
-    "A labelled image-classification task: the teacher's training set and the held-out set students are judged on."
-    name: str # 'mnist', 'photo', 'cifar10' or 'cifar100'
-    train: LabelledImages # the teacher's training images
-    test: LabelledImages # held-out images
-    num_classes: int # K
-    classes: list # class names
-    @property
-    def in_chans(self) -> int: return self.train.images.shape[1]
-    @property
-    def size(self) -> int: return self.train.images.shape[-1]
-    def __repr__(self): return (f"Task({self.name!r}: {len(self.train)} training / {len(self.test)} held-out images "
-                                f"[{self.in_chans}, {self.size}, {self.size}], {self.num_classes} classes)")
-
-def load_task(name: str = 'mnist', # 'mnist' and 'photo' are built in; 'cifar10' and 'cifar100' need `root`
-              root: str | Path | None = None, # folder holding the extracted CIFAR python pickles
-             ) -> Task:
-    "The labelled task `name` (built-in digits, or CIFAR from a local folder)."
-    check_in('task', name, TASKS)
-    if name in ('mnist', 'photo'):
-        tr, te = BuiltinDigits('train', name), BuiltinDigits('test', name)
-    else:
-        if root is None: raise ValueError(f"task {name!r} needs data_root: the folder with the extracted CIFAR python files (nothing is downloaded)")
-        cls = CIFAR10 if name == 'cifar10' else CIFAR100
-        tr, te = cls(root, 'train'), cls(root, 'test')
-    return Task(name, LabelledImages(tr.images, tr.labels), LabelledImages(te.images, te.labels), tr.num_classes, list(tr.classes))
-
-# %% ../../nbs/17_methods.distill.ipynb #d71c32d8
-@torch.no_grad()
-def accuracy(model: nn.Module, # a classifier: images -> logits
-             data: LabelledImages | Dataset | tuple, # held-out (image, label) pairs, or (images, labels) tensors
-             batch_size: int = 500, # images per forward pass
-             size: int | None = None, # resize images to this side first; None: as they are
-             device: str | torch.device | None = None, # where to run; None: where the model is
-            ) -> float:
-    "Top-1 accuracy of `model` on `data`, in eval mode (the model's mode is restored)."
-    if isinstance(data, tuple): data = LabelledImages(*data) if data[0].dtype == torch.uint8 else torch.utils.data.TensorDataset(*data)
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    in_chans = getattr(model, 'in_chans', None)
-    was_training = model.training; model.eval()
-    correct, n = 0, len(data)
-    try:
-        for start in progress(range(0, n, batch_size), desc='accuracy', leave=False):
-            idx = range(start, min(n, start + batch_size))
-            if isinstance(data, LabelledImages): x, y = data.get_batch(idx), data.labels[start:start + len(idx)]
-            else:
-                items = [data[i] for i in idx]
-                x, y = torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
-            x = x.to(dev)
-            if in_chans is not None: x = match_input(x, in_chans, size)
-            elif size is not None: x = match_input(x, x.shape[1], size)
-            correct += (model(x).argmax(1).cpu() == y).sum().item()
-    finally: model.train(was_training)
-    return correct / max(n, 1)
-
-# %% ../../nbs/17_methods.distill.ipynb #9a988143
-def jitter_images(x: Tensor, # images [B, C, H, W]
-                  degrees: float = 15.0, # rotation range
-                  translate: float = 0.1, # shift range, as a fraction of the side
-                  scale: float = 0.1, # zoom range 1 +- scale
-                  flip: bool = False, # also flip half of the images horizontally
-                  generator: torch.Generator | None = None, # random source (None: the global one)
-                 ) -> Tensor:
-    "A random small affine transform of every image (zero padding), done for the batch with one `grid_sample`."
-    b = len(x)
-    u = torch.rand(b, 5, generator=generator).to(x.device)
-    angle = math.radians(degrees) * (2 * u[:, 0] - 1)
-    zoom = 1 + scale * (2 * u[:, 1] - 1)
-    sign = torch.where(u[:, 4] < 0.5, -1.0, 1.0).to(x) if flip else torch.ones(b, device=x.device)
-    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0], theta[:, 0, 1] = torch.cos(angle) / zoom * sign, -torch.sin(angle) / zoom
-    theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle) / zoom * sign, torch.cos(angle) / zoom
-    theta[:, :, 2] = 2 * translate * (2 * u[:, 2:4] - 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
-
-class SupervisedClassification(nn.Module):
-    "The teacher's training as a method for the `Trainer`: cross-entropy on (jittered) labelled images."
-    def __init__(self,
-                 model: nn.Module, # the classifier being trained
-                 jitter: bool = True, # random small affine transforms of the training images
-                 flip: bool = False, # horizontal flips too (photos, not digits)
-                 channels_last: bool = False, # images in channels-last memory order (convert the model too)
-                ):
-        super().__init__()
-        self.model, self.jitter, self.flip, self.channels_last = model, jitter, flip, channels_last
-    def forward(self, batch) -> dict:
-        x, y = batch
-        if self.training and self.jitter: x = jitter_images(x, flip=self.flip)
-        if self.channels_last and x.ndim == 4: x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.model(x)
-        return dict(loss=F.cross_entropy(logits, y), acc=(logits.argmax(1) == y).float().mean())
-
-# %% ../../nbs/17_methods.distill.ipynb #24082c90
-def train_teacher(task: Task, # the labelled task
-                  arch: str = 'small_cnn', # backbone of the teacher
-                  epochs: int = 12, # passes over the training images
-                  batch_size: int = 64, # images per step
-                  lr: float = 2e-3, # AdamW peak learning rate (cosine schedule, 1 epoch warm-up)
-                  seed: int = 0, # seeds initialisation, order and jitter
-                  device: str | None = None, # None: a GPU if there is one
-                  num_workers: int = 0, # DataLoader workers
-                  max_steps: int | None = None, # stop early (tests)
-                  **backbone_kwargs, # e.g. widths=(32, 64, 128) for 'small_cnn'
-                 ) -> tuple[Classifier, float]:
-    "Train a teacher on `task` with the kit's `Trainer`; returns it (eval mode, frozen later by the `Distiller`) and its held-out accuracy."
-    seed_everything(seed)
-    teacher = Classifier(arch, task.num_classes, task.in_chans, **backbone_kwargs).to(memory_format=torch.channels_last)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer='adamw', lr=lr, final_lr=lr * 1e-3, warmup_epochs=min(1, epochs),
-                      weight_decay=1e-4, final_weight_decay=None, clip_grad=None, seed=seed, device=device,
-                      num_workers=num_workers, max_steps=max_steps, checkpoint_every=0)
-    Trainer(SupervisedClassification(teacher, flip=task.in_chans == 3, channels_last=True), task.train, cfg).fit()
-    teacher.eval()
-    return teacher, accuracy(teacher, task.test)
-
 # %% ../../nbs/17_methods.distill.ipynb #d2503ec0
 class Distiller(nn.Module):
     "Single-image distillation: a frozen teacher labels CutMix-ed patches, the student matches its softened predictions."
@@ -442,7 +222,10 @@ class AccuracyMonitor:
 # %% ../../nbs/17_methods.distill.ipynb #6cfe69a4
 def _is_int(v) -> bool: return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
-def _check_source(name: str, image) -> str:
+def check_source(name: str, # the field being checked, for the message
+                 image, # a sample image name, 'real' or an image path
+                ) -> str:
+    "The source image `image`, checked: a sample image name, 'real', or the expanded path of an existing file."
     if not isinstance(image, (str, os.PathLike)) or not str(image):
         raise ValueError(f"{name} must be a sample image name (one of {SAMPLE_IMAGES}), 'real' or an image path, got {image!r}")
     image = str(image)
@@ -452,7 +235,10 @@ def _check_source(name: str, image) -> str:
                          f"{image!r} {what}")
     return image if image == 'real' or image in SAMPLE_IMAGES else str(Path(image).expanduser())
 
-def _check_teacher(name: str, teacher) -> str:
+def check_teacher(name: str, # the field being checked, for the message
+                  teacher, # 'train' or the path of a teacher checkpoint
+                 ) -> str:
+    "The teacher `teacher`, checked: 'train', or the expanded path of an existing checkpoint file."
     teacher = str(teacher)
     if teacher != 'train' and not Path(teacher).expanduser().is_file():
         raise ValueError(f"{name} must be 'train' (train a teacher on the task first) or the path of a teacher checkpoint; "
@@ -490,8 +276,8 @@ class DistillConfig:
 
     def __post_init__(self):
         check_in('task', self.task, TASKS)
-        self.image = _check_source('image', self.image)
-        self.teacher = _check_teacher('teacher', self.teacher)
+        self.image = check_source('image', self.image)
+        self.teacher = check_teacher('teacher', self.teacher)
         for name in ('teacher_epochs', 'steps', 'batch_size', 'top_k', 'eval_every'): check_int(name, getattr(self, name))
         for name in ('num_workers', 'seed', 'patch_size', 'threads'): check_int(name, getattr(self, name), 0)
         if 0 < self.patch_size < 8: raise ValueError(f"patch_size must be 0 (the task's size) or at least 8 pixels, got {self.patch_size}")
@@ -552,7 +338,7 @@ def distill_student(config: DistillConfig, # the recipe (image, steps, lr, targe
                    ) -> dict:
     "Distil `teacher` into a fresh student from `image`; returns the student, its held-out accuracy and its curve."
     c = config
-    image = c.image if image is None else _check_source('image', image)
+    image = c.image if image is None else check_source('image', image)
     seed_everything(c.seed)
     source = make_source(image, task, c.patch_size, length=c.steps * c.batch_size, seed=c.seed)
     data = PatchBatches(source, c.batch_size, num_batches=c.steps, transform=patch_transform(c.patch_style, task, image), seed=c.seed)
@@ -622,125 +408,6 @@ def paper_config(data_root: str | Path, # folder with the extracted CIFAR-10 pyt
                 precision='bf16', seed=0)
     return DistillConfig(**{**base, **changes})
 
-# %% ../../nbs/17_methods.distill.ipynb #ed693d9c
-def weights_fingerprint(model: nn.Module) -> str:
-    "A short hash of a model's weights and buffers (to key cached results by the exact teacher)."
-    import hashlib
-    h = hashlib.sha1()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode()); h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-def run_key(config: DistillConfig, teacher: nn.Module, image: str | None = None) -> dict:
-    "What determines a student run: the recipe (not where it runs or writes) and the teacher's fingerprint."
-    skip = {'out_dir', 'num_workers', 'threads', 'device', 'teacher', 'teacher_epochs', 'teacher_arch'}
-    key = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-           for k, v in dataclasses.asdict(config).items() if k not in skip}
-    if image is not None: key['image'] = image
-    return dict(key, teacher_fingerprint=weights_fingerprint(teacher))
-
-def cached_student(config: DistillConfig, # the recipe
-                   task: Task, # the task
-                   teacher: nn.Module, # the frozen teacher
-                   path: str | Path, # the JSON file of this run
-                   image: str | None = None, # the source (None: config.image)
-                  ) -> dict:
-    "`distill_student`, unless `path` already holds the result of the same run: accuracy, curve and timing (no network)."
-    path = Path(path)
-    key = run_key(config, teacher, image)
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get('key') == key: return stored
-    r = distill_student(config, task, teacher, image=image)
-    out = dict(key=key, image=r['image'], accuracy=r['accuracy'], history=[list(h) for h in r['history']], agreement=r['agreement'],
-               seconds=r['seconds'], cpu_seconds=r['cpu_seconds'])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix('.tmp'); tmp.write_text(json.dumps(out, indent=1)); os.replace(tmp, path)
-    return out
-
-# %% ../../nbs/17_methods.distill.ipynb #b8ccc76c
-DIRECTIONS = ('right', 'left', 'down', 'up')
-_STEPS = {'right': (0, 1), 'left': (0, -1), 'down': (1, 0), 'up': (-1, 0)}
-
-VIDEO_LABELS = ('digit_direction', 'direction')
-
-def moving_digits(split: str = 'train', # which `BuiltinDigits` split the digits come from
-                  n_frames: int = 8, # frames per clip
-                  speed: int = 2, # pixels per frame
-                  labels: str = 'digit_direction', # 'digit_direction': 40 classes (digit x direction); 'direction': 4
-                  seed: int = 0, # seeds the direction of each clip
-                 ) -> LabelledImages:
-    "The built-in video task: uint8 clips [N, 1, T, 28, 28] of a digit sliding right/left/down/up; label = 4 * digit + direction (or the direction)."
-    check_positive('n_frames', n_frames); check_positive('speed', speed); check_in('labels', labels, VIDEO_LABELS)
-    digits = BuiltinDigits(split)
-    n, pad = len(digits), int(speed * (n_frames - 1) / 2 + 1)
-    direction = torch.from_numpy(np.random.default_rng([seed, 0 if split == 'train' else 1]).integers(0, 4, n))
-    padded = F.pad(digits.images, (pad, pad, pad, pad))                                   # [N, 1, 28 + 2 pad, ...]
-    clips = torch.empty(n, 1, n_frames, 28, 28, dtype=torch.uint8)
-    for d, name in enumerate(DIRECTIONS):
-        sel = (direction == d).nonzero().flatten()
-        dy, dx = _STEPS[name]
-        for t in range(n_frames):
-            off = round(speed * (t - (n_frames - 1) / 2))
-            y0, x0 = pad - dy * off, pad - dx * off                                          # the digit moves by +off
-            clips[sel, :, t] = padded[sel, :, y0:y0 + 28, x0:x0 + 28]
-    return LabelledImages(clips, direction if labels == 'direction' else 4 * digits.labels + direction)
-
-def moving_digits_task(n_frames: int = 8, speed: int = 2, labels: str = 'digit_direction', seed: int = 0) -> Task:
-    "The moving-digits video task (4,000 training / 1,000 held-out clips) as a `Task`: 40 classes 'digit direction', or the 4 directions."
-    classes = list(DIRECTIONS) if labels == 'direction' else [f"{k} {d}" for k in range(10) for d in DIRECTIONS]
-    return Task('moving_digits', moving_digits('train', n_frames, speed, labels, seed), moving_digits('test', n_frames, speed, labels, seed),
-                len(classes), classes)
-
-# %% ../../nbs/17_methods.distill.ipynb #098d7d7c
-class FrameWiseVideoClassifier(nn.Module):
-    "A 2D backbone on each pair of consecutive frames (stacked as channels), averaged over time, then a linear head."
-    def __init__(self,
-                 arch: str = 'small_cnn', # the 2D backbone (`create_backbone` name)
-                 num_classes: int = 40, # classes of the video task (moving digits: 40)
-                 in_chans: int = 1, # channels of a frame
-                 **backbone_kwargs, # e.g. widths=(16, 32, 64)
-                ):
-        super().__init__()
-        self.num_classes, self.in_chans = int(num_classes), int(in_chans)
-        self.backbone = create_backbone(arch, in_chans=2 * in_chans, **backbone_kwargs)
-        self.head = nn.Linear(self.backbone.embed_dim, num_classes)
-    def forward(self, x: Tensor) -> Tensor:
-        "Logits [B, K] of clips [B, C, T, H, W] (T >= 2)."
-        if x.ndim != 5 or x.shape[2] < 2: raise ValueError(f"expected clips [B, C, T>=2, H, W], got {tuple(x.shape)}")
-        b, c, t, h, w = x.shape
-        pairs = torch.cat([x[:, :, :-1], x[:, :, 1:]], 1)                       # [B, 2C, T-1, H, W]
-        emb = self.backbone(pairs.transpose(1, 2).reshape(b * (t - 1), 2 * c, h, w))
-        return self.head(emb.view(b, t - 1, -1).mean(1))
-
-class FakeVideos(Dataset):
-    "Fake videos from ONE image (the paper's recipe, `fake_video`): item i is a zoom/pan clip [3, T, size, size] in [0, 1]."
-    def __init__(self,
-                 image, # a sample image name, a path, a PIL image, an array or a tensor
-                 n_frames: int = 8, # frames per clip (the paper: 16)
-                 size: int = 28, # frame side
-                 length: int = 10_000, # clips available
-                 scale: tuple[float, float] = (0.2, 1.0), # area range of the two crop boxes
-                 image_side: int = 128, # the image is first resized so that its shorter side is this (cheap crops)
-                 seed: int = 0, # clip i is a function of (seed, i)
-                ):
-        from self_sup.data.video import fake_video   # imported here: the video module pulls in decord
-        self._fake_video = fake_video
-        pil = as_rgb_image(image)
-        if min(pil.size) < size: raise ValueError(f"image of {pil.size[0]}x{pil.size[1]} pixels is smaller than the frame size {size}x{size}")
-        x = torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
-        if min(x.shape[1:]) > image_side:
-            s = image_side / min(x.shape[1:])
-            x = F.interpolate(x[None], size=(round(x.shape[1] * s), round(x.shape[2] * s)), mode='bilinear', antialias=True, align_corners=False)[0]
-        self.image, self.n_frames, self.size, self.length, self.scale, self.seed = x, n_frames, size, int(length), scale, int(seed)
-    def __len__(self) -> int: return self.length
-    def __getitem__(self, i: int) -> Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))
-        return self._fake_video(self.image, self.n_frames, self.size, self.scale, generator=g).transpose(0, 1)
-    def get_batch(self, indices) -> Tensor:
-        "Clips `indices` as one batch [B, 3, T, size, size]."
-        return torch.stack([self[int(i)] for i in indices])
-
 # %% ../../nbs/17_methods.distill.ipynb #5c4188e1
 @dataclass
 class VideoDistillConfig:
@@ -760,7 +427,7 @@ class VideoDistillConfig:
     device: str | None = None # None: a GPU if there is one
     seed: int = 0 # seeds everything
     def __post_init__(self):
-        self.image = _check_source('image', self.image)
+        self.image = check_source('image', self.image)
         if self.image == 'real': raise ValueError("image must be a sample image name or an image path ('real' is not a video source)")
         for name in ('n_frames', 'teacher_epochs', 'steps', 'batch_size', 'eval_every'): check_int(name, getattr(self, name))
         if self.n_frames < 2: raise ValueError(f"n_frames must be at least 2 (motion needs two frames), got {self.n_frames}")
@@ -797,229 +464,3 @@ def distill_video(config: VideoDistillConfig, # the run
     Trainer(Distiller(student, teacher, c.temperature), data, tc, callbacks=[monitor], collate_fn=first_item).fit()
     return dict(image=c.image, teacher_accuracy=teacher_acc, student_accuracy=monitor.last, history=monitor.history,
                 teacher=teacher, student=student.eval())
-
-# %% ../../nbs/17_methods.distill.ipynb #fe8d5639
-def plot_curves(runs: dict, # name -> [(step, accuracy), ...] (`AccuracyMonitor.history`)
-                teacher_accuracy: float | None = None, # drawn as a dashed line
-                ax=None, # a matplotlib axis; None: a new figure
-                title: str = 'held-out accuracy of the students',
-               ):
-    "Accuracy curves of several students against the step; returns the figure."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(5.5, 3.4))
-    for name, hist in runs.items():
-        if hist: ax.plot(*zip(*hist), marker='o', ms=3, label=name)
-    if teacher_accuracy is not None: ax.axhline(teacher_accuracy, ls='--', color='k', lw=1, label='teacher')
-    ax.set_xlabel('step'); ax.set_ylabel('accuracy'); ax.set_ylim(0, 1); ax.set_title(title); ax.legend(fontsize=8); ax.grid(alpha=0.3)
-    ax.figure.tight_layout()
-    return ax.figure
-
-def plot_accuracy_bars(values: dict, # name -> accuracy in [0, 1]
-                       paper: dict | None = None, # name -> the paper's number in [0, 1] (CIFAR-10), drawn beside ours
-                       teacher_accuracy: float | None = None, # a dashed line
-                       ax=None, title: str = 'accuracy on the held-out images',
-                      ):
-    "Bars of our accuracies (and the paper's beside them); returns the figure."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(1.2 + 1.1 * len(values), 3.4))
-    names, w = list(values), 0.4 if paper else 0.7
-    xs = np.arange(len(names))
-    bars = ax.bar(xs - (w / 2 if paper else 0), [values[n] for n in names], w, label='ours')
-    for b, n in zip(bars, names): ax.text(b.get_x() + b.get_width() / 2, values[n] + 0.01, f"{values[n]:.1%}", ha='center', fontsize=8)
-    if paper:
-        pv = [paper.get(n, np.nan) for n in names]
-        ax.bar(xs + w / 2, pv, w, color='0.75', label='paper (CIFAR-10)')
-        for x, v in zip(xs, pv):
-            if np.isfinite(v): ax.text(x + w / 2, v + 0.01, f"{v:.1%}", ha='center', fontsize=8, color='0.35')
-    if teacher_accuracy is not None: ax.axhline(teacher_accuracy, ls='--', color='k', lw=1, label='our teacher')
-    ax.set_xticks(xs); ax.set_xticklabels(names, fontsize=8); ax.set_ylim(0, 1.08); ax.set_title(title); ax.legend(fontsize=7, loc='lower right')
-    ax.figure.tight_layout()
-    return ax.figure
-
-@torch.no_grad()
-def teacher_top_k(teacher: nn.Module, # the teacher: images -> logits
-                  x: Tensor, # images (or clips), already in the teacher's channels and size
-                  k: int = 5, # how many guesses
-                 ) -> tuple[Tensor, Tensor]:
-    "The teacher's k best guesses for each input: probabilities [N, k] (temperature 1) and class indices [N, k]."
-    was = teacher.training; teacher.eval()
-    try: p = F.softmax(teacher(x.to(next(teacher.parameters()).device)).float(), 1)
-    finally: teacher.train(was)
-    top = p.topk(min(k, p.shape[1]), dim=1)
-    return top.values, top.indices
-
-def plot_patch_predictions(x: Tensor, # inputs [N, C, H, W] as the teacher sees them (at most 32 are shown)
-                           teacher: nn.Module, # the teacher
-                           classes: Sequence[str], # class names
-                           k: int = 5, # guesses listed per patch
-                           reveal: bool = True, # False: the guessing game (numbers only, no answers)
-                           cols: int = 8, # patches per row
-                           title: str | None = None,
-                          ):
-    "A grid of patches with the teacher's top-k guesses under each (or, with `reveal=False`, as a quiz); returns the figure."
-    import matplotlib.pyplot as plt
-    x = x[:32]
-    probs, idx = teacher_top_k(teacher, x, k)
-    rows = math.ceil(len(x) / cols)
-    below = 0.13 * (k - 1) if reveal else 0.0           # inches of text under each patch
-    fig, axs = plt.subplots(rows, cols, figsize=(1.3 * cols, (1.45 + below) * rows + 0.35), squeeze=False)
-    for i, ax in enumerate(axs.ravel()):
-        ax.axis('off')
-        if i >= len(x): continue
-        img = x[i].detach().cpu().float().clamp(0, 1).numpy()
-        ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap='gray' if img.shape[0] == 1 else None, vmin=0, vmax=1)
-        if reveal:
-            lines = [f"{classes[int(c)]}: {p:.0%}" for p, c in zip(probs[i].tolist(), idx[i].tolist())]
-            ax.set_title(lines[0], fontsize=8, fontweight='bold', pad=2)
-            ax.text(0.5, -0.04, '\n'.join(lines[1:]), transform=ax.transAxes, ha='center', va='top', fontsize=6.5, color='0.3')
-        else: ax.set_title(f"#{i + 1}: ?", fontsize=8, pad=2)
-    top = 1 - 0.35 / fig.get_figheight()
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=below / fig.get_figheight() + 0.01, top=top - 0.03,
-                        wspace=0.15, hspace=(0.35 + below) / 1.1)
-    if title: fig.suptitle(title, fontsize=10, y=1 - 0.1 / fig.get_figheight())
-    return fig
-
-# %% ../../nbs/17_methods.distill.ipynb #ec3e7bed
-PAPER_CIFAR10 = {'teacher': None, 'one image': 0.9414, 'real images': 0.9526, 'noise': 0.693}  # Asano & Saeed 2023, CIFAR-10
-
-@dataclass
-class DemoConfig:
-    "The `self_sup demo` run: teacher, a student from one image and one from noise, plots and a report."
-    image: str = 'astronaut' # the one source image: a sample image name or the path of any image
-    teacher: str = 'train' # 'train' (a small CNN trained on the task first) or a teacher checkpoint path (e.g. a previous demo's teacher.pt)
-    steps: int = 1500 # optimiser steps of each student
-    out_dir: Path = Path('demo_out') # where plots, report and checkpoints are written
-    seed: int = 0 # seeds everything
-    task: Literal['mnist', 'photo'] = 'mnist' # built-in labelled task: grey digits, or digits on photos (MNIST-M style)
-    batch_size: int = 128 # patches per student step
-    noise: bool = True # also distil a student from uniform noise (the baseline)
-    upper_bound: bool = False # also distil a student from the task's real training images (the upper bound)
-    teacher_epochs: int = 12 # epochs of teacher training
-    num_workers: int = 0 # DataLoader workers making patches
-    device: str | None = None # 'cpu', 'cuda', ...; None: a GPU if there is one
-    threads: int = 0 # PyTorch CPU threads; 0: PyTorch's default (1 is faster on a busy machine)
-
-    def __post_init__(self):
-        self.image = _check_source('image', self.image)
-        if self.image == 'real': raise ValueError("image must be a sample image name or an image path; for the real images use upper_bound=True")
-        self.teacher = _check_teacher('teacher', self.teacher)
-        for name in ('steps', 'batch_size', 'teacher_epochs'): check_int(name, getattr(self, name))
-        for name in ('num_workers', 'seed', 'threads'): check_int(name, getattr(self, name), 0)
-        check_in('task', self.task, ('mnist', 'photo'))
-        if self.out_dir is None or not str(self.out_dir): raise ValueError(f"out_dir must be a folder path, got {self.out_dir!r}")
-        self.out_dir = Path(self.out_dir).expanduser()
-        if self.out_dir.exists() and not self.out_dir.is_dir(): raise ValueError(f"out_dir {str(self.out_dir)!r} is a file, expected a folder")
-
-    def distill_config(self) -> DistillConfig:
-        "The `DistillConfig` each student of the demo is trained with."
-        return DistillConfig(task=self.task, image=self.image, teacher=self.teacher, teacher_epochs=self.teacher_epochs,
-                             steps=self.steps, batch_size=self.batch_size, eval_every=max(self.steps // 10, 1),
-                             num_workers=self.num_workers, device=self.device, threads=self.threads, seed=self.seed)
-
-# %% ../../nbs/17_methods.distill.ipynb #aef1b667
-def _table(rows: list[tuple], header: tuple) -> str:
-    "A markdown table."
-    out = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-    return '\n'.join(out + ['| ' + ' | '.join(str(v) for v in r) + ' |' for r in rows])
-
-def _html_report(markdown: str, title: str) -> str:
-    "A small self-contained HTML page for the markdown report (tables, images, headings, paragraphs)."
-    import html
-    body, table = [], []
-    def flush():
-        if table:
-            rows = [r.strip('|').split('|') for r in table if not set(r) <= set('|-: ')]
-            cells = lambda r, tag: ''.join(f'<{tag}>{html.escape(c.strip())}</{tag}>' for c in r)
-            body.append('<table><tr>' + cells(rows[0], 'th') + '</tr>' + ''.join('<tr>' + cells(r, 'td') + '</tr>' for r in rows[1:]) + '</table>')
-            table.clear()
-    for line in markdown.splitlines():
-        if line.startswith('|'): table.append(line); continue
-        flush()
-        if line.startswith('!['):
-            alt, src = line[2:].split('](', 1)
-            body.append(f'<p><img src="{html.escape(src.rstrip(")"))}" alt="{html.escape(alt)}" style="max-width:100%"></p>')
-        elif line.startswith('#'):
-            level = len(line) - len(line.lstrip('#'))
-            body.append(f'<h{level}>{html.escape(line.lstrip("#").strip())}</h{level}>')
-        elif line.strip(): body.append(f'<p>{html.escape(line)}</p>')
-    flush()
-    style = 'body{font-family:sans-serif;max-width:860px;margin:2em auto;line-height:1.45}table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:4px 10px}'
-    return f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{style}</style></head><body>{"".join(body)}</body></html>'
-
-def demo(config: DemoConfig | None = None, # the run; None: `DemoConfig()`
-        ) -> dict:
-    "Teacher, a student from one image, a student from noise: results table, plots and a report in `config.out_dir`."
-    c = config if config is not None else DemoConfig()
-    if not isinstance(c, DemoConfig): raise TypeError(f"config must be a DemoConfig, got {type(c).__name__}")
-    with torch_threads(c.threads): return _demo(c)
-
-def _demo(c: DemoConfig) -> dict:
-    import matplotlib
-    import matplotlib.pyplot as plt
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    dc = c.distill_config()
-    task = load_task(c.task)
-    make_source(c.image, task, length=c.batch_size, seed=c.seed)            # a bad image fails here, before any training
-    out = c.out_dir; out.mkdir(parents=True, exist_ok=True)
-    sources = {'one image': c.image}
-    if c.noise: sources['noise'] = 'noise'
-    if c.upper_bound: sources['real images'] = 'real'
-    print(f"self_sup demo: distilling a {task.name!r} teacher into students that see only {', '.join(repr(s) for s in sources.values())}")
-    print(f"[1/{len(sources) + 1}] teacher: " + ('training on the task' if c.teacher == 'train' else f'loading {c.teacher}'))
-    teacher, teacher_acc = get_teacher(dc, task)
-    print(f"      teacher: {teacher_acc:.2%} on the {len(task.test)} held-out images")
-    if c.teacher == 'train': save_classifier(teacher, out / 'teacher.pt', task=c.task, accuracy=teacher_acc)
-    runs = {}
-    for i, (name, image) in enumerate(sources.items()):
-        print(f"[{i + 2}/{len(sources) + 1}] student from {name} ({image!r}), {c.steps} steps")
-        runs[name] = run = distill_student(dc, task, teacher, image=image)
-        print(f"      {run['accuracy']:.2%} held-out accuracy ({run['accuracy'] / teacher_acc:.1%} of the teacher's), {run['seconds']:.0f} s")
-        save_classifier(run['student'], out / f"student_{name.replace(' ', '_')}.pt", task=c.task, image=image, accuracy=run['accuracy'])
-
-    # the results table, with the paper's CIFAR-10 numbers beside ours
-    rows = [('teacher', '(trained on the labelled task)', f"{teacher_acc:.1%}", '100%', '-')]
-    for name, run in runs.items():
-        paper = PAPER_CIFAR10.get(name)
-        rows.append((f"student from {name}", repr(run['image']), f"{run['accuracy']:.1%}", f"{run['accuracy'] / teacher_acc:.1%}",
-                     f"{paper:.1%}" if paper else '-'))
-    table = _table(rows, ('network', 'trained on', 'held-out accuracy', 'of the teacher', 'paper (CIFAR-10)'))
-    print('\n' + table + '\n')
-
-    # plots
-    with matplotlib.rc_context({'figure.dpi': 100}):
-        fig = plot_curves({n: r['history'] for n, r in runs.items()}, teacher_acc); fig.savefig(out / 'curves.png'); plt.close(fig)
-        fig = plot_accuracy_bars({'teacher': teacher_acc, **{n: r['accuracy'] for n, r in runs.items()}},
-                                 paper={k: v for k, v in PAPER_CIFAR10.items() if v}, teacher_accuracy=teacher_acc)
-        fig.savefig(out / 'accuracy.png'); plt.close(fig)
-        src = make_source(c.image, task, length=16, seed=c.seed)
-        x = Distiller(teacher, teacher, input_size=task.size).prepare(PatchBatches(src, 16, 1, patch_transform(dc.patch_style, task, c.image))[0])
-        fig = plot_patch_predictions(x.to(next(teacher.parameters()).device), teacher, task.classes,
-                                     title=f"what the student trains on: patches of {c.image!r} and the teacher's top-5 guesses")
-        fig.savefig(out / 'patches.png'); plt.close(fig)
-
-    seconds, cpu_seconds = time.perf_counter() - wall0, time.process_time() - cpu0
-    one = runs['one image']
-    lines = [f"# self_sup demo: distilling from a single image", '',
-             f"A teacher trained on the labelled task '{c.task}' ({len(task.train)} training images) was distilled into fresh "
-             f"students that never saw a training image: one sees only augmented patches of the image {c.image!r}"
-             + (", one only uniform noise" if c.noise else '') + (", one the task's real training images without labels (the upper bound)" if c.upper_bound else '')
-             + f". Each student trained for {c.steps} steps of {c.batch_size} patches (KL at temperature 8, CutMix on every batch) "
-             f"and is judged on the {len(task.test)} held-out images.", '', table, '',
-             f"The student from one image reaches {one['accuracy']:.1%}, {one['accuracy'] / teacher_acc:.1%} of the teacher's "
-             f"{teacher_acc:.1%}" + (f"; the student from noise {runs['noise']['accuracy']:.1%}." if c.noise else '.')
-             + " The paper's numbers are for CIFAR-10 with a WRN-40-4 teacher and many more steps on a GPU; ours for the built-in task on a CPU.", '',
-             '![held-out accuracy during training](curves.png)', '', '![final accuracies](accuracy.png)', '',
-             '![the training data: patches and the teacher\'s guesses](patches.png)', '',
-             f"Run time: {seconds:.0f} s wall clock, {cpu_seconds:.0f} s CPU (this process). Command: `self_sup demo --image {c.image} "
-             f"--steps {c.steps} --seed {c.seed}" + (f" --threads {c.threads}" if c.threads else '') + "`."]
-    report = '\n'.join(lines) + '\n'
-    (out / 'report.md').write_text(report)
-    (out / 'report.html').write_text(_html_report(report, 'self_sup demo'))
-    results = dict(task=c.task, image=c.image, teacher_accuracy=teacher_acc,
-                   students={n: dict(image=r['image'], accuracy=r['accuracy'], ratio=r['accuracy'] / teacher_acc, history=r['history'],
-                                     seconds=r['seconds']) for n, r in runs.items()},
-                   seconds=seconds, cpu_seconds=cpu_seconds,
-                   config={k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(c).items()})
-    (out / 'results.json').write_text(json.dumps(results, indent=1))
-    print(f"wrote {out / 'report.md'}, {out / 'report.html'} and the plots to {out}/ ({seconds:.0f} s)")
-    return results
