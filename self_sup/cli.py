@@ -297,7 +297,7 @@ COMMANDS: dict[str, tuple[str, str | None, str, str]] = {
     'train dora': ('self_sup.methods.dora', 'DoRAConfig', 'train', 'DoRA: discover and track objects in one long video (Venkataramanan et al. 2024)'),
     'train timetuning': ('self_sup.methods.timetuning', 'TimeTuningConfig', 'train', 'TimeTuning: temporal alignment of dense features (Salehi et al. 2023)'),
     'distill': ('self_sup.methods.distill', 'DistillConfig', 'distill', 'distil a teacher into a student from augmented patches of one image'),
-    'demo': ('self_sup.methods.distill', 'DemoConfig', 'demo', 'the single-image distillation demo on built-in data (the main job)'),
+    'demo': ('self_sup.demo', 'DemoConfig', 'demo', 'the single-image distillation demo on built-in data (the main job)'),
     'eval knn': ('self_sup.cli', 'ClassificationEvalConfig', 'eval_knn', 'weighted kNN accuracy of frozen features (DINO protocol)'),
     'eval linear': ('self_sup.cli', 'ClassificationEvalConfig', 'eval_linear', 'linear-probe accuracy of frozen features'),
     'eval dense': ('self_sup.cli', 'VideoEvalConfig', 'eval_dense', 'unsupervised segmentation mIoU (k-means + matching) on DAVIS frames'),
