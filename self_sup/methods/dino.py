@@ -4,7 +4,7 @@
 
 # %% ../../nbs/14_methods.dino.ipynb #d6d21f6d
 from __future__ import annotations
-import copy, dataclasses, math, time, warnings
+import dataclasses, math, time, warnings
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -14,13 +14,14 @@ from torch import Tensor, nn
 from ..augment import MultiCropTransform
 from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
 from ..losses import DINOLoss, collapse_report, dino_teacher_probs
-from ..models import Backbone, DINOHead, create_backbone, param_groups_weight_decay
+from ..models import Backbone, DINOHead, create_backbone
 from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train
-from ..train import Trainer, TrainConfig, ema_update, linear_schedule
+from ..teacher_student import EMATeacherStudent
+from ..train import Trainer, TrainConfig
 
 # %% auto #0
-__all__ = ['DATASETS', 'RECIPE', 'CPU_RECIPE', 'DINOConfig', 'DINOCPUConfig', 'MultiCropNetwork', 'teacher_copy', 'DINO',
-           'dino_transform', 'dino_dataset', 'train_config', 'measure_training']
+__all__ = ['DATASETS', 'RECIPE', 'CPU_RECIPE', 'DINOConfig', 'DINOCPUConfig', 'MultiCropNetwork', 'DINO', 'dino_transform',
+           'dino_dataset', 'train_config', 'measure_training']
 
 # %% ../../nbs/14_methods.dino.ipynb #9e3b220f
 DATASETS = ('imagenet', 'folder', 'digits')
@@ -118,18 +119,8 @@ class MultiCropNetwork(nn.Module):
                 start = end
         return self.head(torch.cat(embeddings))
 
-# %% ../../nbs/14_methods.dino.ipynb #ddf606ec
-def teacher_copy(student: nn.Module, # the student network
-                ) -> nn.Module:
-    "A deep copy of `student` without stochastic depth or dropout and with `requires_grad=False`."
-    teacher = copy.deepcopy(student)
-    for m in teacher.modules():
-        if hasattr(m, 'drop_prob'): m.drop_prob = 0.0            # timm's DropPath
-        if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d)): m.p = 0.0
-    return teacher.requires_grad_(False)
-
 # %% ../../nbs/14_methods.dino.ipynb #ec19021b
-class DINO(nn.Module):
+class DINO(EMATeacherStudent):
     "DINO self-distillation: student and EMA teacher (backbone + `DINOHead`), multi-crop, centering and sharpening."
     def __init__(self,
                  backbone: Backbone, # the student's encoder; the teacher is a copy of it
@@ -151,17 +142,11 @@ class DINO(nn.Module):
         super().__init__()
         if not isinstance(backbone, nn.Module) or not hasattr(backbone, 'embed_dim'):
             raise TypeError(f"backbone must be a self_sup.models.Backbone (with embed_dim), got {type(backbone).__name__}")
-        self.student = MultiCropNetwork(backbone, DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer))
-        self.teacher = teacher_copy(self.student)
+        student = MultiCropNetwork(backbone, DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer))
+        self.init_teacher(student, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, momentum_teacher, freeze_last_layer, clip_grad)
         self.loss_fn = DINOLoss(out_dim, n_global, warmup_teacher_temp, student_temp, center_momentum)
         self.n_global = n_global
-        self.teacher_temps = (check_positive('warmup_teacher_temp', warmup_teacher_temp), check_positive('teacher_temp', teacher_temp))
-        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
-        self.momentum_teacher = check_range('momentum_teacher', momentum_teacher, 0, 1)
-        self.freeze_last_layer = check_positive('freeze_last_layer', freeze_last_layer, allow_zero=True)
-        self.clip_grad = check_positive('clip_grad', clip_grad, allow_zero=True)
         self.collapse_check_every = collapse_check_every
-        self.teacher_temp, self.momentum = warmup_teacher_temp, momentum_teacher
         self._step, self._steps_per_epoch, self._warned = 0, None, False
         self.collapse = None
 
@@ -179,11 +164,6 @@ class DINO(nn.Module):
         return cls(backbone, config.out_dim, config.hidden_dim, config.bottleneck_dim, config.norm_last_layer, 2,
                    config.teacher_temp, config.warmup_teacher_temp, config.warmup_teacher_temp_epochs, config.student_temp,
                    config.center_momentum, config.momentum_teacher, config.freeze_last_layer, config.clip_grad, config.collapse_check_every)
-
-    @property
-    def backbone(self) -> Backbone:
-        "The teacher's backbone: the encoder DINO evaluates and releases."
-        return self.teacher.backbone
 
     def _views(self, batch) -> list[Tensor]:
         views = batch
@@ -217,34 +197,14 @@ class DINO(nn.Module):
             warnings.warn(f"DINO at step {self._step}: {self.collapse.message}", RuntimeWarning, stacklevel=2)
             self._warned = True
 
-    # ---- the trainer's hooks -------------------------------------------------------------------------
+    # ---- the trainer's hooks (the rest are EMATeacherStudent's: clipping, frozen last layer, EMA update) ----
     def on_train_start(self, trainer):
-        self.teacher.load_state_dict(self.student.state_dict())
+        super().on_train_start(trainer)
         self._steps_per_epoch = trainer.steps_per_epoch
 
     def on_step_start(self, trainer):
         self._step, self._steps_per_epoch = trainer.step, trainer.steps_per_epoch
-        start, end = self.teacher_temps
-        warm = self.warmup_teacher_temp_epochs   # DINO: np.linspace(start, end, warm) per epoch, then end
-        self.teacher_temp = linear_schedule(trainer.epoch, start, end, max(warm - 1, 1)) if trainer.epoch < warm else end
-        self.momentum = trainer.cosine(self.momentum_teacher, 1.0)
-
-    def on_before_optimizer_step(self, trainer):
-        if self.clip_grad:   # DINO's utils.clip_gradients: each parameter on its own
-            for p in self.student.parameters():
-                if p.grad is not None:
-                    norm = p.grad.norm(2)
-                    p.grad.mul_(torch.clamp(self.clip_grad / (norm + 1e-6), max=1.0))
-        if trainer.step < round(self.freeze_last_layer * trainer.steps_per_epoch):
-            for p in self.student.head.last_layer.parameters(): p.grad = None
-
-    def on_after_optimizer_step(self, trainer):
-        ema_update(self.teacher, self.student, self.momentum)
-
-    def param_groups(self) -> list[dict]:
-        "Weights with weight decay (`wd_scale=1`), biases and norm parameters without (`wd_scale=0`)."
-        return [dict(params=g['params'], wd_scale=1.0 if g['name'] == 'decay' else 0.0)
-                for g in param_groups_weight_decay(self.student, 1.0)]
+        super().on_step_start(trainer)
 
 # %% ../../nbs/14_methods.dino.ipynb #4ed7c416
 def dino_transform(config: DINOConfig, # the recipe

@@ -14,11 +14,11 @@ from torch import Tensor, nn
 from ..augment import MultiCropTransform
 from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
 from ..losses import DINOLoss, dino_loss, dino_teacher_probs
-from .dino import teacher_copy
 from .dora_tracking import ObjectTracks, choose_heads, masked_clips, track_clip_objects
-from ..models import Backbone, DINOHead, create_backbone, param_groups_weight_decay
+from ..models import Backbone, DINOHead, create_backbone
 from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train
-from ..train import Trainer, TrainConfig, ema_update, linear_schedule
+from ..teacher_student import EMATeacherStudent, teacher_copy
+from ..train import Trainer, TrainConfig
 
 # %% auto #0
 __all__ = ['DORA_CPU_PRESET', 'RECIPE', 'dora_loss', 'BackboneWithHead', 'DoRA', 'DoRAConfig', 'dora_transform', 'resolve_video',
@@ -61,7 +61,7 @@ class BackboneWithHead(nn.Module):
         return self.head(self.backbone(images))
 
 # %% ../../nbs/15_methods.dora.ipynb #8adb2187
-class DoRA(nn.Module):
+class DoRA(EMATeacherStudent):
     "DoRA: DINO on video clips whose student sees the clip masked to each object the teacher discovers and tracks."
     def __init__(self,
                  backbone: Backbone, # the student's ViT; the teacher is a copy of it
@@ -87,18 +87,12 @@ class DoRA(nn.Module):
             raise TypeError(f"DoRA needs a ViT self_sup.models.Backbone (its tracking head reads attention, queries and keys), "
                             f"got {getattr(backbone, 'name', type(backbone).__name__)}")
         if use_tracking_masks: choose_heads(backbone.num_heads, n_objects)   # checks n_objects against the heads now
-        self.student = BackboneWithHead(backbone, DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer))
-        self.teacher = teacher_copy(self.student)
+        student = BackboneWithHead(backbone, DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer))
+        self.init_teacher(student, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, momentum_teacher, freeze_last_layer, clip_grad)
         self.loss_fn = DINOLoss(out_dim, n_global=1, teacher_temp=warmup_teacher_temp, student_temp=student_temp,
                                 center_momentum=center_momentum, exclude_same_view=False)
         self.n_objects, self.use_tracking_masks = n_objects, use_tracking_masks
         self.sinkhorn_eps, self.sinkhorn_iters = check_positive('sinkhorn_eps', sinkhorn_eps), check_positive('sinkhorn_iters', sinkhorn_iters)
-        self.teacher_temps = (check_positive('warmup_teacher_temp', warmup_teacher_temp), check_positive('teacher_temp', teacher_temp))
-        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
-        self.momentum_teacher = check_range('momentum_teacher', momentum_teacher, 0, 1)
-        self.freeze_last_layer = check_positive('freeze_last_layer', freeze_last_layer, allow_zero=True)
-        self.clip_grad = check_positive('clip_grad', clip_grad, allow_zero=True)
-        self.teacher_temp, self.momentum = warmup_teacher_temp, momentum_teacher
         self.last_tracks: ObjectTracks | None = None
 
     @classmethod
@@ -113,11 +107,6 @@ class DoRA(nn.Module):
                    config.use_tracking_masks, config.sinkhorn_eps, config.sinkhorn_iters, config.teacher_temp,
                    config.warmup_teacher_temp, config.warmup_teacher_temp_epochs, config.student_temp, config.center_momentum,
                    config.momentum_teacher, config.freeze_last_layer, config.clip_grad)
-
-    @property
-    def backbone(self) -> Backbone:
-        "The teacher's backbone: the encoder DoRA evaluates and releases."
-        return self.teacher.backbone
 
     def _views(self, batch) -> list[Tensor]:
         views = batch[0] if isinstance(batch, (list, tuple)) and len(batch) == 2 and isinstance(batch[0], (list, tuple)) else batch
@@ -154,31 +143,7 @@ class DoRA(nn.Module):
         if track:
             logs.update(masked_loss=masked_term.detach(), mask_fraction=self.last_tracks.masks.float().mean())
         return logs
-
-    # ---- the trainer's hooks -------------------------------------------------------------------------
-    def on_train_start(self, trainer):
-        self.teacher.load_state_dict(self.student.state_dict())
-
-    def on_step_start(self, trainer):
-        start, end = self.teacher_temps
-        warm = self.warmup_teacher_temp_epochs   # DoRA (as DINO): np.linspace(start, end, warm) per epoch, then end
-        self.teacher_temp = linear_schedule(trainer.epoch, start, end, max(warm - 1, 1)) if trainer.epoch < warm else end
-        self.momentum = trainer.cosine(self.momentum_teacher, 1.0)
-
-    def on_before_optimizer_step(self, trainer):
-        if self.clip_grad:   # DINO's and DoRA's utils.clip_gradients: each parameter on its own
-            for p in self.student.parameters():
-                if p.grad is not None: p.grad.mul_(torch.clamp(self.clip_grad / (p.grad.norm(2) + 1e-6), max=1.0))
-        if trainer.step < round(self.freeze_last_layer * trainer.steps_per_epoch):
-            for p in self.student.head.last_layer.parameters(): p.grad = None
-
-    def on_after_optimizer_step(self, trainer):
-        ema_update(self.teacher, self.student, self.momentum)
-
-    def param_groups(self) -> list[dict]:
-        "Weights with weight decay (`wd_scale=1`), biases and norm parameters without (`wd_scale=0`)."
-        return [dict(params=g['params'], wd_scale=1.0 if g['name'] == 'decay' else 0.0)
-                for g in param_groups_weight_decay(self.student, 1.0)]
+    # the trainer's hooks are EMATeacherStudent's (teacher copy, schedules, clipping, frozen last layer, EMA update)
 
 # %% ../../nbs/15_methods.dora.ipynb #3c41c9e0
 @dataclass
