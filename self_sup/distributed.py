@@ -76,7 +76,7 @@ def all_gather_no_grad(tensor: torch.Tensor, # [b, ...], the same b on every ran
     dist.all_gather(out, tensor.contiguous())
     return torch.cat(out)
 
-# %% ../nbs/00a_distributed.ipynb #8f3d46dd
+# %% ../nbs/00a_distributed.ipynb #a24e6b8a
 class _AllReduceSum(torch.autograd.Function):
     "Sum over ranks; its gradient is the sum of every rank's gradient (each rank's loss saw the sum)."
     @staticmethod
