@@ -1,4 +1,5 @@
 """Packaging for self_sup: every field comes from settings.ini (nbdev 2 layout)."""
+import shlex
 from configparser import ConfigParser
 
 import setuptools
@@ -20,8 +21,8 @@ min_python = cfg['min_python']
 lic = licenses[cfg['license'].lower()]
 
 def split_reqs(key):
-    "Space-separated requirement strings from settings.ini."
-    return cfg.get(key, '').split()
+    "Space-separated requirement strings from settings.ini; one with an environment marker is quoted ('decord; sys_platform == ...')."
+    return shlex.split(cfg.get(key, ''))
 
 setuptools.setup(
     name=cfg['lib_name'],

@@ -8,7 +8,6 @@ import bisect, hashlib, json, math, os, shutil, time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import decord
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,23 +18,14 @@ from torchvision.ops import roi_align
 from ..core import check_positive, check_in, check_int, progress
 
 # %% auto #0
-__all__ = ['VIDEO_EXTENSIONS', 'CACHE_HEADER', 'CACHE_FRAMES', 'CACHE_VERSION', 'BUILTIN_DAVIS_SEQUENCES', 'resized_size',
-           'open_video', 'read_frames', 'video_info', 'write_video', 'is_video_cache', 'read_cache_header',
-           'clip_frame_indices', 'VideoClips', 'default_cache_dir', 'cache_video', 'WalkingTours', 'image_to_tensor',
-           'zoom_pan_video', 'random_box', 'fake_video', 'davis_palette', 'make_builtin_davis', 'builtin_davis',
-           'DAVIS']
+__all__ = ['VIDEO_EXTENSIONS', 'VIDEO_BACKENDS', 'CACHE_HEADER', 'CACHE_FRAMES', 'CACHE_VERSION', 'BUILTIN_DAVIS_SEQUENCES',
+           'resized_size', 'video_backend', 'DecordReader', 'PyAVReader', 'open_video', 'read_frames', 'video_info',
+           'write_video', 'is_video_cache', 'read_cache_header', 'clip_frame_indices', 'VideoClips',
+           'default_cache_dir', 'cache_video', 'WalkingTours', 'image_to_tensor', 'zoom_pan_video', 'random_box',
+           'fake_video', 'davis_palette', 'make_builtin_davis', 'builtin_davis', 'DAVIS']
 
-# %% ../../nbs/02_data.video.ipynb #9b6fe92d
+# %% ../../nbs/02_data.video.ipynb #37f8c3e5
 VIDEO_EXTENSIONS = ('.mp4', '.mkv', '.webm', '.mov', '.avi', '.m4v')
-
-def _unreadable(path: Path, err: Exception) -> Exception:
-    "A clear exception for a file decord cannot read."
-    msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-    size = path.stat().st_size if path.exists() else 0
-    if 'cannot find video stream' in msg:
-        return ValueError(f"video {str(path)!r} has no video frames (no decodable video stream; {size} bytes)")
-    return ValueError(f"video {str(path)!r} could not be read: the file is corrupt, truncated or not a video "
-                      f"({size} bytes; decord said: {msg})")
 
 def resized_size(height: int, # the frame height
                  width: int, # the frame width
@@ -47,46 +37,156 @@ def resized_size(height: int, # the frame height
     s = short_side / min(height, width)
     return (short_side, max(1, round(width * s))) if height <= width else (max(1, round(height * s)), short_side)
 
-def open_video(path: str | Path, # a video file decord can read (mp4, mkv, webm, ...)
+# %% ../../nbs/02_data.video.ipynb #4bcd0cad
+VIDEO_BACKENDS = ('decord', 'pyav')
+
+def _importable(module: str) -> bool:
+    "Whether `module` imports (a module blocked with `sys.modules[module] = None` does not)."
+    try: __import__(module); return True
+    except ImportError: return False
+
+def video_backend(name: str | None = None, # 'decord' or 'pyav'; None: $SELF_SUP_VIDEO_BACKEND, else decord where it imports, else pyav
+                 ) -> str:
+    "The library that reads videos: `name`, else `$SELF_SUP_VIDEO_BACKEND`, else decord if it imports, else PyAV."
+    name = name or os.environ.get('SELF_SUP_VIDEO_BACKEND') or None
+    if name is None: return 'decord' if _importable('decord') else 'pyav'
+    check_in('video backend (SELF_SUP_VIDEO_BACKEND)', str(name).lower(), VIDEO_BACKENDS)
+    name = str(name).lower()
+    if not _importable('av' if name == 'pyav' else 'decord'):
+        raise ImportError(f"video backend {name!r} was asked for but does not import: pip install {'av' if name == 'pyav' else 'decord'}")
+    return name
+
+# %% ../../nbs/02_data.video.ipynb #ebc755ea
+class DecordReader:
+    "decord's `VideoReader` behind the kit's reader interface: `len`, `fps`, `get_batch(indices)` -> uint8 `[T, H, W, 3]`."
+    backend = 'decord'
+    def __init__(self,
+                 path: str | Path, # the video file
+                 size: tuple[int, int] | None = None, # (height, width) to resize to while decoding; None: native size
+                 num_threads: int = 1, # decoder threads (0: let FFmpeg choose)
+                ):
+        import decord
+        kwargs = {} if size is None else dict(height=int(size[0]), width=int(size[1]))
+        self.reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads, **kwargs)
+        self.fps = float(self.reader.get_avg_fps())
+
+    def __len__(self) -> int: return len(self.reader)
+    def close(self): self.reader = None
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
+
+    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+        "Frames `indices` (any order) with one decord `get_batch` call, as NumPy whatever bridge the user set globally."
+        frames = self.reader.get_batch(list(indices))
+        if isinstance(frames, torch.Tensor): return frames.numpy()
+        return frames.asnumpy() if hasattr(frames, 'asnumpy') else np.asarray(frames)
+
+# %% ../../nbs/02_data.video.ipynb #b8b0a8e7
+def _packet_index(container, # an open PyAV input container
+                  stream, # its video stream
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    "Every frame's timestamp in display order and the indices of the keyframes, from the packets alone (nothing decoded)."
+    pts, key = [], []
+    for packet in container.demux(stream):
+        if packet.pts is not None and packet.size: pts.append(packet.pts); key.append(packet.is_keyframe)
+    if stream.frames and len(pts) < stream.frames:
+        raise ValueError(f"the file is truncated: its header lists {stream.frames} frames, {len(pts)} are there")
+    order = np.argsort(pts, kind='stable')
+    return np.asarray(pts, dtype=np.int64)[order], np.flatnonzero(np.asarray(key, dtype=bool)[order])
+
+# %% ../../nbs/02_data.video.ipynb #a564389b
+class PyAVReader:
+    "PyAV behind the kit's reader interface, with random access by frame index: `len`, `fps`, `get_batch(indices)`."
+    backend = 'pyav'
+    def __init__(self,
+                 path: str | Path, # the video file
+                 size: tuple[int, int] | None = None, # (height, width) to resize to while decoding; None: native size
+                 num_threads: int = 1, # decoder threads (0: let FFmpeg choose)
+                ):
+        import av
+        self.container = av.open(str(path))
+        if not self.container.streams.video: raise ValueError('cannot find video stream')
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type, self.stream.codec_context.thread_count = 'AUTO', int(num_threads)
+        self.pts, self.keyframes = _packet_index(self.container, self.stream)
+        rate = self.stream.average_rate or self.stream.guessed_rate
+        self.fps, self.size, self._decoded, self._position = float(rate) if rate else 0.0, size, None, -1
+
+    def __len__(self) -> int: return len(self.pts)
+    def close(self):
+        "Close the file and stop the decoder threads now, not whenever the garbage collector (maybe in a forked child) gets to it."
+        self._decoded = None; self.container.close()
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
+
+    def _frame_at(self, index: int) -> np.ndarray:
+        "Frame `index` as uint8 `[H, W, 3]`: decode on from where we are, or seek to its keyframe first."
+        if not 0 <= index < len(self.pts): raise IndexError(f"frame {index} out of range for a video of {len(self.pts)} frames")
+        before = self.keyframes[self.keyframes <= index]
+        keyframe = int(before[-1]) if len(before) else 0
+        if self._decoded is None or not keyframe <= self._position < index:
+            self.container.seek(int(self.pts[keyframe]), stream=self.stream, backward=True, any_frame=False)
+            self._decoded, self._position = self.container.decode(self.stream), -1
+        for frame in self._decoded:
+            self._position = int(np.searchsorted(self.pts, frame.pts))
+            if frame.pts >= self.pts[index]: break
+        else: raise ValueError(f"frame {index} is in the index but could not be decoded")
+        if self.size is None: return frame.to_ndarray(format='rgb24')
+        return frame.reformat(width=int(self.size[1]), height=int(self.size[0]), format='rgb24', interpolation='BILINEAR').to_ndarray()
+
+    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+        "Frames `indices` (any order, repeats allowed) as uint8 `[T, H, W, 3]`, each decoded once."
+        indices = [int(i) for i in indices]
+        frames = {i: self._frame_at(i) for i in sorted(set(indices))}
+        return np.stack([frames[i] for i in indices])
+
+# %% ../../nbs/02_data.video.ipynb #9b6fe92d
+def _unreadable(path: Path, err: Exception, backend: str) -> Exception:
+    "A clear exception for a file the backend cannot read."
+    msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    size = path.stat().st_size if path.exists() else 0
+    if 'cannot find video stream' in msg:
+        return ValueError(f"video {str(path)!r} has no video frames (no decodable video stream; {size} bytes)")
+    return ValueError(f"video {str(path)!r} could not be read: the file is corrupt, truncated or not a video "
+                      f"({size} bytes; {backend} said: {msg})")
+
+def open_video(path: str | Path, # a video file (mp4, mkv, webm, ...)
                size: tuple[int, int] | None = None, # (height, width) to resize to while decoding; None: native size
                num_threads: int = 1, # decoder threads (0: let FFmpeg choose); 1 per DataLoader worker is usual
-              ) -> decord.VideoReader:
-    "A decord `VideoReader` for `path`, with clear errors for missing, empty, corrupt, truncated and zero-frame files."
+               backend: str | None = None, # 'decord' or 'pyav'; None: `video_backend()`
+              ) -> DecordReader | PyAVReader:
+    "A reader for `path` (decord or PyAV), with clear errors for missing, empty, corrupt, truncated and zero-frame files."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"video {str(path)!r} does not exist")
     if path.is_dir(): raise IsADirectoryError(f"video {str(path)!r} is a folder; expected a video file or a cache made by cache_video")
     if path.stat().st_size == 0: raise ValueError(f"video {str(path)!r} is an empty file (0 bytes)")
-    kwargs = {} if size is None else dict(height=int(size[0]), width=int(size[1]))
-    try: reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads, **kwargs)
-    except Exception as e: raise _unreadable(path, e) from None
-    if len(reader) == 0: raise ValueError(f"video {str(path)!r} has zero frames")
+    backend = video_backend(backend)
+    try: reader = (DecordReader if backend == 'decord' else PyAVReader)(path, size, num_threads)
+    except Exception as e: raise _unreadable(path, e, backend) from None
+    if len(reader) == 0: raise ValueError(f"video {str(path)!r} has no video frames (zero frames)")
     return reader
 
-def _to_numpy(frames) -> np.ndarray:
-    "decord's output as a NumPy array, whatever bridge (native, torch) the user set globally."
-    if isinstance(frames, torch.Tensor): return frames.numpy()
-    return frames.asnumpy() if hasattr(frames, 'asnumpy') else np.asarray(frames)
-
-def read_frames(reader: decord.VideoReader, # from `open_video`
+def read_frames(reader: DecordReader | PyAVReader, # from `open_video`
                 indices: Sequence[int], # frame indices, any order
                 path: str | Path = '', # the file, for the error message
                ) -> np.ndarray:
     "Frames `indices` as a uint8 array `[T, H, W, 3]`, fetched with one `get_batch` call."
-    try: return _to_numpy(reader.get_batch(list(indices)))
+    try: return reader.get_batch(indices)
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         where = f"frames {list(indices)[:8]}{'...' if len(indices) > 8 else ''} of video {str(path)!r}"
         if 'size must exactly match' in msg:  # decord 0.6 bug: a frame-copy size check fails for some widths
             raise ValueError(f"{where} could not be decoded: decord 0.6 cannot decode some small frame widths "
-                             f"(2-8, 12, 16, 24, 48 and 72 pixels were seen to fail); re-encode or resize the video") from None
-        raise ValueError(f"{where} could not be decoded (truncated or corrupt file? decord said: {msg})") from None
+                             f"(2-8, 12, 16, 24, 48 and 72 pixels were seen to fail); re-encode or resize the video, "
+                             f"or read it with PyAV (SELF_SUP_VIDEO_BACKEND=pyav)") from None
+        raise ValueError(f"{where} could not be decoded (truncated or corrupt file? {reader.backend} said: {msg})") from None
 
 def video_info(path: str | Path, # a video file
               ) -> dict:
     "Frame count, height, width and frame rate of a video (decodes its first and last frames to check it is whole)."
-    reader = open_video(path)
-    h, w = read_frames(reader, sorted({0, len(reader) - 1}), path).shape[1:3]
-    return dict(frames=len(reader), height=int(h), width=int(w), fps=float(reader.get_avg_fps()))
+    with open_video(path) as reader:
+        h, w = read_frames(reader, sorted({0, len(reader) - 1}), path).shape[1:3]
+        return dict(frames=len(reader), height=int(h), width=int(w), fps=float(reader.fps))
 
 # %% ../../nbs/02_data.video.ipynb #068f4f92
 def _clip_to_uint8_frames(clip) -> np.ndarray:
@@ -186,7 +286,7 @@ class VideoClips(Dataset):
                  transform: Callable | None = None, # applied to the clip tensor [T, C, H, W]
                  dtype: torch.dtype = torch.float32, # torch.uint8 for raw frames, a float type for [0, 1]
                  short_side: int | None = None, # resize while decoding so the shorter side is this (video files only; a cache has its size)
-                 num_threads: int = 1, # decord threads per reader (video files only)
+                 num_threads: int = 1, # decoder threads per reader (video files only)
                 ):
         check_positive('frames_per_clip', frames_per_clip); check_positive('stride', stride)
         if int(frames_per_clip) != frames_per_clip or int(stride) != stride:
@@ -309,11 +409,11 @@ def cache_video(path: str | Path, # the (long, high-resolution) video file
     try:
         started = time.perf_counter()
         frames = np.lib.format.open_memmap(tmp/CACHE_FRAMES, mode='w+', dtype=np.uint8, shape=(n, 3, h, w))
-        reader = open_video(path, None if (h, w) == (info['height'], info['width']) else (h, w), num_threads)
-        for i in progress(range(0, n, chunk_frames), desc=f'caching {path.name}', disable=None if progress_bar else True):
-            idx = list(range(i * frame_step, min(info['frames'], (i + chunk_frames) * frame_step), frame_step))
-            frames[i:i + len(idx)] = read_frames(reader, idx, path).transpose(0, 3, 1, 2)
-        frames.flush(); del frames, reader
+        with open_video(path, None if (h, w) == (info['height'], info['width']) else (h, w), num_threads) as reader:
+            for i in progress(range(0, n, chunk_frames), desc=f'caching {path.name}', disable=None if progress_bar else True):
+                idx = list(range(i * frame_step, min(info['frames'], (i + chunk_frames) * frame_step), frame_step))
+                frames[i:i + len(idx)] = read_frames(reader, idx, path).transpose(0, 3, 1, 2)
+        frames.flush(); del frames
         header = dict(format='self_sup.video_cache', version=CACHE_VERSION, frames=n, height=h, width=w, channels=3, dtype='uint8',
                       layout='NCHW', fps=info['fps'] / frame_step, source_fps=info['fps'], source_frames=info['frames'],
                       source_height=info['height'], source_width=info['width'], **source,
