@@ -15,8 +15,8 @@ from .core import check_in, check_int
 from .train import Trainer, TrainConfig
 
 # %% auto #0
-__all__ = ['RECIPES', 'RunConfig', 'apply_preset', 'check_run_fields', 'Recipe', 'register_recipe', 'recipes', 'get_recipe',
-           'recipe_of', 'make_trainer', 'train']
+__all__ = ['RUN_FIELDS', 'RECIPES', 'RunConfig', 'apply_preset', 'trainer_options', 'check_run_fields', 'Recipe',
+           'register_recipe', 'recipes', 'get_recipe', 'recipe_of', 'make_trainer', 'train']
 
 # %% ../nbs/06a_recipes.ipynb #3aada123
 @dataclass
@@ -59,6 +59,15 @@ def apply_preset(config: RunConfig) -> None:
     given = getattr(config, '_given', frozenset())
     for name, value in values.items():
         if name not in given: setattr(config, name, value)
+
+RUN_FIELDS = ('epochs', 'batch_size', 'optimizer', 'lr', 'weight_decay', 'precision', 'device', 'num_workers', 'seed', 'out_dir',
+              'resume', 'max_steps', 'checkpoint_every', 'log_every')   # the shared fields the Trainer takes as they are
+
+def trainer_options(config: RunConfig, # a method's config: its shared fields go to the trainer as they are
+                    **options, # the method's own trainer options (schedule, clipping, ...); they win over the shared fields
+                   ) -> TrainConfig:
+    "The `TrainConfig` of `config`: its shared run and optimisation fields, then the method's `options`."
+    return TrainConfig(**({name: getattr(config, name) for name in RUN_FIELDS} | options))
 
 def check_run_fields(config: RunConfig) -> None:
     "Check the shared fields (a clear error naming the field and what was expected)."

@@ -15,7 +15,7 @@ from ..augment import MultiCropTransform
 from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
 from ..losses import DINOLoss, collapse_report, dino_teacher_probs
 from ..models import Backbone, DINOHead, create_backbone
-from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train
+from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train, trainer_options
 from ..teacher_student import EMATeacherStudent
 from ..train import Trainer, TrainConfig
 
@@ -224,12 +224,8 @@ def dino_dataset(config: DINOConfig, # the recipe
 def train_config(config: DINOConfig, # the recipe
                 ) -> TrainConfig:
     "The trainer's options for `config` (lr scaled by global batch / 256, clipping and freezing left to the method)."
-    return TrainConfig(epochs=config.epochs, batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
-                       lr_reference_batch=256, final_lr=config.min_lr, warmup_epochs=config.warmup_epochs,
-                       weight_decay=config.weight_decay, final_weight_decay=config.weight_decay_end, clip_grad=None,
-                       precision=config.precision, device=config.device, num_workers=config.num_workers, seed=config.seed,
-                       out_dir=config.out_dir, resume=config.resume, max_steps=config.max_steps,
-                       checkpoint_every=config.checkpoint_every, log_every=config.log_every)
+    return trainer_options(config, lr_reference_batch=256, final_lr=config.min_lr, warmup_epochs=config.warmup_epochs,
+                           final_weight_decay=config.weight_decay_end, clip_grad=None)
 
 def _dino(config: DINOConfig, data) -> DINO:
     return DINO.from_config(config, in_chans=getattr(data, 'in_chans', 3))

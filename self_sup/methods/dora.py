@@ -16,7 +16,7 @@ from ..core import check_in, check_positive, check_range, check_fraction_pair, c
 from ..losses import DINOLoss, dino_loss, dino_teacher_probs
 from .dora_tracking import ObjectTracks, choose_heads, masked_clips, track_clip_objects
 from ..models import Backbone, DINOHead, create_backbone
-from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train
+from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train, trainer_options
 from ..teacher_student import EMATeacherStudent, teacher_copy
 from ..train import Trainer, TrainConfig
 
@@ -270,12 +270,8 @@ def dora_dataset(config: DoRAConfig, # the recipe
 def train_config(config: DoRAConfig, # the recipe
                 ) -> TrainConfig:
     "The trainer's options for `config` (lr scaled by global batch / 256; clipping and freezing are the method's hooks)."
-    return TrainConfig(epochs=config.epochs, batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
-                       lr_reference_batch=256, final_lr=config.min_lr, warmup_epochs=config.warmup_epochs,
-                       weight_decay=config.weight_decay, final_weight_decay=config.weight_decay_end, clip_grad=None,
-                       precision=config.precision, device=config.device, num_workers=config.num_workers, seed=config.seed,
-                       out_dir=config.out_dir, resume=config.resume, max_steps=config.max_steps,
-                       checkpoint_every=config.checkpoint_every, log_every=config.log_every)
+    return trainer_options(config, lr_reference_batch=256, final_lr=config.min_lr, warmup_epochs=config.warmup_epochs,
+                           final_weight_decay=config.weight_decay_end, clip_grad=None)
 
 RECIPE = register_recipe(Recipe('dora', DoRAConfig, dataset=dora_dataset, method=lambda config, data: DoRA.from_config(config),
                                 train_config=train_config,

@@ -17,7 +17,7 @@ from ..augment import MultiCropTransform, SimCLRTransform
 from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
 from ..distributed import all_gather_no_grad, get_rank, get_world_size
 from ..models import ProjectionMLP, create_backbone
-from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train
+from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train, trainer_options
 from ..train import TrainConfig, ema_update
 
 # %% auto #0
@@ -333,13 +333,9 @@ def moco_dataset(config: MoCoConfig, # the recipe
 def train_config(config: MoCoConfig, # the recipe
                 ) -> TrainConfig:
     "The trainer's options for `config` (lr scaled by global batch / 256, constant weight decay on every parameter)."
-    return TrainConfig(epochs=config.epochs, batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
-                       lr_reference_batch=256, final_lr=config.final_lr, warmup_epochs=config.warmup_epochs,
-                       weight_decay=config.weight_decay, final_weight_decay=None, exclude_bias_and_norm_wd=False,
-                       momentum=0.9, clip_grad=None, precision=config.precision, device=config.device,
-                       num_workers=config.num_workers, seed=config.seed, out_dir=config.out_dir, resume=config.resume,
-                       max_steps=config.max_steps, checkpoint_every=config.checkpoint_every, log_every=config.log_every,
-                       sync_batchnorm=config.sync_batchnorm)
+    return trainer_options(config, lr_reference_batch=256, final_lr=config.final_lr, warmup_epochs=config.warmup_epochs,
+                           final_weight_decay=None, exclude_bias_and_norm_wd=False, momentum=0.9, clip_grad=None,
+                           sync_batchnorm=config.sync_batchnorm)
 
 # %% ../../nbs/12_methods.moco.ipynb #4b7e2c19
 RECIPE = register_recipe(Recipe(

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..augment import IMAGENET_MEAN, IMAGENET_STD, rotations
 from ..core import check_in, check_positive, check_range, check_int
 from ..models import create_backbone
-from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train
+from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train, trainer_options
 from ..train import Trainer, TrainConfig
 
 # %% auto #0
@@ -309,12 +309,8 @@ def train_config(config: RotNetConfig, # the recipe
                 ) -> TrainConfig:
     "The trainer's options for `config`: no warm-up, no clipping, constant weight decay on every parameter, flat lr under the step schedule."
     step = config.lr_schedule == 'step'
-    return TrainConfig(epochs=config.epochs, batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
-                       final_lr=config.lr if step else 0.0, warmup_epochs=0, weight_decay=config.weight_decay,
-                       final_weight_decay=None, exclude_bias_and_norm_wd=False, momentum=config.momentum, clip_grad=None,
-                       precision=config.precision, device=config.device, num_workers=config.num_workers, seed=config.seed,
-                       out_dir=config.out_dir, resume=config.resume, max_steps=config.max_steps,
-                       checkpoint_every=config.checkpoint_every, log_every=config.log_every)
+    return trainer_options(config, final_lr=config.lr if step else 0.0, warmup_epochs=0, final_weight_decay=None,
+                           exclude_bias_and_norm_wd=False, momentum=config.momentum, clip_grad=None)
 
 def _rotnet_method(config: RotNetConfig, data) -> RotNet:
     return RotNet.from_config(config, in_chans=getattr(data, 'in_chans', 3))

@@ -17,7 +17,7 @@ from ..augment import IMAGENET_MEAN, IMAGENET_STD, SimCLRTransform
 from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
 from ..distributed import all_gather_with_grad, get_rank
 from ..models import ProjectionMLP, create_backbone
-from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train
+from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train, trainer_options
 from ..train import TrainConfig
 
 # %% auto #0
@@ -194,12 +194,8 @@ def simclr_dataset(config: SimCLRConfig, # the recipe
 def train_config(config: SimCLRConfig, # the recipe
                 ) -> TrainConfig:
     "The trainer's options for `config`: lr x global batch / 256, warm-up then cosine, constant weight decay, no clipping."
-    return TrainConfig(epochs=config.epochs, batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
-                       lr_reference_batch=256, final_lr=config.min_lr, warmup_epochs=config.warmup_epochs,
-                       weight_decay=config.weight_decay, final_weight_decay=None, momentum=config.momentum, clip_grad=None,
-                       sync_batchnorm=config.sync_batchnorm, precision=config.precision, device=config.device,
-                       num_workers=config.num_workers, seed=config.seed, out_dir=config.out_dir, resume=config.resume,
-                       max_steps=config.max_steps, checkpoint_every=config.checkpoint_every, log_every=config.log_every)
+    return trainer_options(config, lr_reference_batch=256, final_lr=config.min_lr, warmup_epochs=config.warmup_epochs,
+                           final_weight_decay=None, momentum=config.momentum, clip_grad=None, sync_batchnorm=config.sync_batchnorm)
 
 # %% ../../nbs/11_methods.simclr.ipynb #0c5e1f7a
 RECIPE = register_recipe(Recipe(

@@ -18,7 +18,7 @@ from ..distributed import all_gather_no_grad, get_rank, get_world_size
 from ..losses import CollapseReport, collapse_report
 from ..models import ProjectionMLP, Prototypes, create_backbone
 from ..sinkhorn import sinkhorn_knopp
-from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train
+from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train, trainer_options
 from ..train import TrainConfig
 
 # %% auto #0
@@ -304,12 +304,9 @@ def swav_dataset(config: SwAVConfig, # the recipe
 def train_config(config: SwAVConfig, # the recipe
                 ) -> TrainConfig:
     "The trainer's options for `config`."
-    return TrainConfig(epochs=config.epochs, batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
-                       final_lr=config.final_lr, warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr,
-                       weight_decay=config.weight_decay, final_weight_decay=None, exclude_bias_and_norm_wd=False, momentum=0.9,
-                       clip_grad=None, precision=config.precision, device=config.device, num_workers=config.num_workers,
-                       seed=config.seed, out_dir=config.out_dir, resume=config.resume, max_steps=config.max_steps,
-                       checkpoint_every=config.checkpoint_every, log_every=config.log_every, sync_batchnorm=config.sync_batchnorm)
+    return trainer_options(config, final_lr=config.final_lr, warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr,
+                           final_weight_decay=None, exclude_bias_and_norm_wd=False, momentum=0.9, clip_grad=None,
+                           sync_batchnorm=config.sync_batchnorm)
 
 # %% ../../nbs/13_methods.swav.ipynb #5a1e9c3d
 RECIPE = register_recipe(Recipe(

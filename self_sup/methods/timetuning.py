@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..augment import ViewTransform
 from ..core import check_in, check_positive, check_range, check_int, check_fraction_pair
 from ..models import Backbone, Prototypes, create_backbone, freeze_all_but_last_blocks, param_groups_weight_decay
-from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train
+from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train, trainer_options
 from ..propagation import TIMETUNING_RADIUS, check_propagation_options, onehot_to_labels, propagate_labels_batched
 from ..sinkhorn import SINKHORN_PRESETS, sinkhorn_knopp
 from ..train import Trainer, TrainConfig, ema_update
@@ -324,11 +324,7 @@ def timetuning_method(config: TimeTuningConfig, # the recipe
 def train_config(config: TimeTuningConfig, # the recipe
                 ) -> TrainConfig:
     "The trainer's options: AdamW (the paper's), cosine to 0 without warm-up, weight decay 0.04 -> 0.4, no clipping."
-    return TrainConfig(epochs=config.epochs, batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr, final_lr=0.0,
-                       warmup_epochs=0, weight_decay=config.weight_decay, final_weight_decay=config.weight_decay_end, clip_grad=None,
-                       precision=config.precision, device=config.device, num_workers=config.num_workers, seed=config.seed,
-                       out_dir=config.out_dir, resume=config.resume, max_steps=config.max_steps,
-                       checkpoint_every=config.checkpoint_every, log_every=config.log_every)
+    return trainer_options(config, final_lr=0.0, warmup_epochs=0, final_weight_decay=config.weight_decay_end, clip_grad=None)
 
 RECIPE = register_recipe(Recipe('timetuning', TimeTuningConfig, dataset=timetuning_dataset,
                                 method=lambda config, data: timetuning_method(config), train_config=train_config,
