@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from .core import check_positive, check_range
-from .models import Backbone, param_groups_weight_decay
-from .train import ema_update, linear_schedule
+from .models import Backbone
+from .train import ema_update, linear_schedule, weight_decay_groups
 
 # %% auto #0
 __all__ = ['teacher_copy', 'EMATeacherStudent']
@@ -77,8 +77,7 @@ def _on_after_optimizer_step(self: EMATeacherStudent, trainer):
 
 def _param_groups(self: EMATeacherStudent) -> list[dict]:
     "Weights with weight decay (`wd_scale=1`), biases and norm parameters without (`wd_scale=0`)."
-    return [dict(params=g['params'], wd_scale=1.0 if g['name'] == 'decay' else 0.0)
-            for g in param_groups_weight_decay(self.student, 1.0)]
+    return weight_decay_groups(self.student)
 
 EMATeacherStudent.on_before_optimizer_step, EMATeacherStudent.on_after_optimizer_step = _on_before_optimizer_step, _on_after_optimizer_step
 EMATeacherStudent.param_groups = _param_groups

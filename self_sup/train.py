@@ -22,6 +22,7 @@ from .core import (FolderInUse, FolderLock, check_in, check_positive, check_rang
                            save_checkpoint, seed_everything, set_rng_state)
 from .distributed import (all_reduce_mean, barrier, convert_sync_batchnorm, get_rank, get_world_size, init_distributed,
                                   is_distributed)
+from .models import param_groups_weight_decay
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'PRECISIONS', 'RUN_FIELDS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'cosine_schedule', 'linear_schedule',
@@ -145,13 +146,11 @@ def ema_update(teacher: nn.Module, # updated in place
 def weight_decay_groups(module: nn.Module, # the method (or any module)
                         exclude_bias_and_norm: bool = True, # put 1-d parameters in a group without weight decay
                        ) -> list[dict]:
-    "Trainable parameters split into a decayed group (`wd_scale=1`) and, optionally, biases/norms (`wd_scale=0`)."
-    decay, no_decay = [], []
-    for name, p in _unwrap(module).named_parameters():
-        if not p.requires_grad: continue
-        (no_decay if exclude_bias_and_norm and p.ndim <= 1 else decay).append(p)
-    groups = [dict(params=decay, wd_scale=1.0), dict(params=no_decay, wd_scale=0.0)]
-    return [g for g in groups if g['params']]
+    "Trainable parameters split into a decayed group (`wd_scale=1`) and, optionally, biases/norms (`wd_scale=0`): `param_groups_weight_decay`'s split."
+    if exclude_bias_and_norm:
+        return [dict(params=g['params'], wd_scale=1.0 if g['name'] == 'decay' else 0.0) for g in param_groups_weight_decay(_unwrap(module), 1.0)]
+    params = [p for p in _unwrap(module).parameters() if p.requires_grad]
+    return [dict(params=params, wd_scale=1.0)] if params else []
 
 class LARS(torch.optim.Optimizer):
     "SGD with momentum and a layer-wise trust ratio (LARS); 1-d parameters get no weight decay and no ratio."

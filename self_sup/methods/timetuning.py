@@ -15,11 +15,11 @@ from torch import Tensor, nn
 
 from ..augment import ViewTransform
 from ..core import check_in, check_positive, check_range, check_int, check_fraction_pair
-from ..models import Backbone, Prototypes, create_backbone, freeze_all_but_last_blocks, param_groups_weight_decay
+from ..models import Backbone, Prototypes, create_backbone, freeze_all_but_last_blocks
 from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train, trainer_options
 from ..propagation import TIMETUNING_RADIUS, check_propagation_options, onehot_to_labels, propagate_labels_batched
 from ..sinkhorn import SINKHORN_PRESETS, sinkhorn_knopp
-from ..train import Trainer, TrainConfig, ema_update
+from ..train import Trainer, TrainConfig, ema_update, weight_decay_groups
 
 # %% auto #0
 __all__ = ['TIMETUNING_CPU_PRESET', 'RECIPE', 'cluster_codes', 'forward_cluster_maps', 'temporal_alignment_loss',
@@ -211,8 +211,7 @@ class TimeTuning(nn.Module):
         "Backbone blocks at `backbone_lr_scale` x lr, head and prototypes at lr; weight decay on weights only."
         groups = []
         for part, lr_scale in ((self.network.backbone, self.backbone_lr_scale), (nn.ModuleList([self.network.head, self.network.prototypes]), 1.0)):
-            groups += [dict(params=g['params'], lr_scale=lr_scale, wd_scale=1.0 if g['name'] == 'decay' else 0.0)
-                       for g in param_groups_weight_decay(part, 1.0)]
+            groups += [dict(g, lr_scale=lr_scale) for g in weight_decay_groups(part)]
         return groups
 
 # %% ../../nbs/16_methods.timetuning.ipynb #19d699e4
