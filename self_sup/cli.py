@@ -4,7 +4,7 @@
 
 # %% ../nbs/51_cli.ipynb #2afdea35
 from __future__ import annotations
-import argparse, dataclasses, importlib, inspect, os, re, sys, types, typing
+import argparse, dataclasses, importlib, inspect, os, re, sys, time, types, typing
 from pathlib import Path
 from typing import Any, Callable, Literal, get_args, get_origin
 from dataclasses import dataclass
@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from .core import check_positive, get_device, progress
 
 # %% auto #0
-__all__ = ['COMMANDS', 'field_help', 'add_dataclass_arguments', 'dataclass_from_args', 'config_or_exit', 'EncoderConfig',
-           'load_encoder', 'ClassificationEvalConfig', 'eval_knn', 'eval_linear', 'VideoEvalConfig', 'eval_davis',
-           'eval_dense', 'FakeVideosConfig', 'fake_videos', 'CacheVideoConfig', 'cache_video_command', 'commands',
-           'build_parser', 'main', 'console']
+__all__ = ['COMMANDS', 'QUIET_HELP', 'field_help', 'field_sections', 'show_default', 'add_dataclass_arguments',
+           'dataclass_from_args', 'config_or_exit', 'EncoderConfig', 'load_encoder', 'ClassificationEvalConfig',
+           'eval_knn', 'eval_linear', 'VideoEvalConfig', 'eval_davis', 'eval_dense', 'FakeVideosConfig', 'fake_videos',
+           'CacheVideoConfig', 'cache_video_command', 'commands', 'train_summary', 'train_command', 'build_parser',
+           'main', 'console']
 
 # %% ../nbs/51_cli.ipynb #289314b3
 def field_help(cls: type) -> dict[str, str]:
@@ -30,6 +31,35 @@ def field_help(cls: type) -> dict[str, str]:
             if m: helps[m.group(1)] = m.group(2)
     return helps
 
+# %% ../nbs/51_cli.ipynb #934bd476
+def _class_sections(klass: type) -> list[tuple[str, str | None]]:
+    "(field, section) for the fields `klass` declares itself, in source order; a section is the last comment-only line above."
+    try: src = inspect.getsource(klass)
+    except (OSError, TypeError): return []
+    pairs, section = [], None
+    for line in src.splitlines():
+        if re.match(r'\s+(def|@)', line): break  # the fields end where the methods begin
+        if m := re.match(r'\s+#\s*(.+?)\s*$', line): section = m.group(1).split(' (')[0].strip()
+        elif m := re.match(r'\s+(\w+)\s*:', line): pairs.append((m.group(1), section))
+    return pairs
+
+def field_sections(cls: type, # a dataclass whose body marks sections with comment lines (`# data`, `# optimisation`)
+                  ) -> dict[str, str | None]:
+    "The section of each field of dataclass `cls` (None: above any section), ordered as shown: no section, then the class's own sections, then its bases'."
+    mro = [k for k in cls.__mro__ if dataclasses.is_dataclass(k)]
+    section_of, order = {}, [None]
+    for klass in reversed(mro): section_of.update(_class_sections(klass))  # a subclass's declaration wins
+    for klass in mro: order += [s for _, s in _class_sections(klass) if s not in order]
+    return dict(sorted(section_of.items(), key=lambda kv: order.index(kv[1])))
+
+# %% ../nbs/51_cli.ipynb #d62e70b8
+def show_default(value: Any, # a field's default
+                ) -> str:
+    "A default as a user would type it: paths and strings bare, tuples space separated."
+    if isinstance(value, (tuple, list)): return ' '.join(show_default(v) for v in value) if value else '(none)'
+    if isinstance(value, (str, Path)): return str(value) if str(value) else "''"
+    return str(value)
+
 # %% ../nbs/51_cli.ipynb #b910aa1b
 def _option(name: str) -> str: return '--' + name.replace('_', '-')
 
@@ -43,16 +73,18 @@ def _unwrap_optional(tp):
 def add_dataclass_arguments(parser: argparse.ArgumentParser, # the parser (or subparser) to extend
                             cls: type, # a dataclass whose fields become `--options`
                            ) -> argparse.ArgumentParser:
-    "Add one `--option` per field of dataclass `cls`, typed, with its default and its comment as help."
-    helps, hints = field_help(cls), typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if not f.init or f.name.startswith('_'): continue
+    "Add one `--option` per field of dataclass `cls`, typed, with its default and its comment as help, grouped by the config's sections."
+    helps, hints, sections = field_help(cls), typing.get_type_hints(cls), field_sections(cls)
+    fields = sorted((f for f in dataclasses.fields(cls) if f.init and not f.name.startswith('_')),
+                    key=lambda f: list(sections).index(f.name) if f.name in sections else -1)
+    groups = {}
+    for f in fields:
         tp, optional = _unwrap_optional(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         # only the options given reach the config (SUPPRESS): a recipe's preset fills the rest, and an explicit value always wins
-        shown = str(default) if isinstance(default, Path) else repr(default)
-        kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{helps.get(f.name, '')} (default: {shown})")
+        text = f"{helps.get(f.name, '')} (default: {show_default(default)})".replace('%', '%%')  # argparse %-formats help
+        kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=text)
         if tp is bool:
             kw['action'] = argparse.BooleanOptionalAction
         elif get_origin(tp) is Literal:
@@ -66,7 +98,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, # the parser (or su
             kw['type'] = str
         if optional and kw.get('type') is not None and 'action' not in kw:
             inner = kw['type']; kw['type'] = lambda s, inner=inner: None if s.lower() == 'none' else inner(s)
-        parser.add_argument(_option(f.name), **kw)
+        title = sections.get(f.name) or 'general'
+        if title not in groups: groups[title] = parser.add_argument_group(f'{title} options')
+        groups[title].add_argument(_option(f.name), **kw)
     return parser
 
 def dataclass_from_args(cls: type, # the dataclass `add_dataclass_arguments` used
@@ -314,15 +348,45 @@ def commands() -> dict[str, tuple[str, str | None, str, str]]:
     return train | {k: v for k, v in COMMANDS.items() if k not in train}
 
 
+# %% ../nbs/51_cli.ipynb #9ab94388
+def train_summary(steps: int, # optimiser steps the run has done (resumed ones included)
+                  seconds: float, # wall time of the command
+                  loss: float | None, # the last step's loss (None: no step ran)
+                  out_dir: str | Path | None, # the run folder (None: nothing written)
+                 ) -> str:
+    "The one line `self_sup train` ends with: steps, wall time, last loss, where the outputs are."
+    took = f'{seconds:.1f} s' if seconds < 60 else f'{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d} h'
+    last = 'no step ran' if loss is None else f'last loss {loss:.4g}'
+    where = (f'outputs in {out_dir} (checkpoint.pt, metrics.csv, config.json)' if out_dir is not None
+             else 'nothing written (pass --out-dir to keep the run)')
+    return f'done: {steps} steps in {took}, {last}; {where}'
+
+def train_command(cfg, # a registered method's config (a `RunConfig`)
+                 ):
+    "Train the method `cfg` describes with the generic trainer and print `train_summary` (rank 0); returns the trained method."
+    from self_sup.recipes import make_trainer
+    start = time.perf_counter()
+    trainer = make_trainer(cfg)
+    trainer.fit()
+    loss = trainer.metrics.get('loss')
+    if int(os.environ.get('RANK', 0)) == 0:
+        print(train_summary(trainer.step, time.perf_counter() - start, None if loss is None else float(loss), trainer.out_dir))
+    return trainer.method
+
 # %% ../nbs/51_cli.ipynb #35abdabd
 def _config_class(command: str):
     module, cfg_name, _, _ = commands()[command]
     return getattr(importlib.import_module(module), cfg_name)
 
+QUIET_HELP = 'no progress bars (sets SELF_SUP_PROGRESS=0)'
+
 def build_parser(command: str | None = None, # build this command's options (importing its module); None: only the names
                 ) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     "The `self_sup` parser and its leaf sub-parsers by command name."
+    from self_sup import __version__
     parser = argparse.ArgumentParser(prog='self_sup', description='Self-supervised learning from images and videos.')
+    parser.add_argument('--version', action='version', version=f'self_sup {__version__}')
+    parser.add_argument('--quiet', action='store_true', help=QUIET_HELP)
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     groups, leaves = {}, {}
     table = commands()
@@ -339,6 +403,7 @@ def build_parser(command: str | None = None, # build this command's options (imp
         else:
             sp = sub.add_parser(name, help=help_, description=help_)
         leaves[name] = sp
+        if cfg_name is not None: sp.add_argument('--quiet', action='store_true', help=QUIET_HELP)
         if name == command and cfg_name is not None: add_dataclass_arguments(sp, _config_class(name))
     return parser, leaves
 
@@ -352,6 +417,8 @@ def _command_of(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None):
     "Entry point of the `self_sup` console script."
     argv = sys.argv[1:] if argv is None else list(argv)
+    if '--quiet' in argv:  # anywhere on the line: progress bars are read from the environment by the whole kit
+        os.environ['SELF_SUP_PROGRESS'] = '0'; argv = [a for a in argv if a != '--quiet']
     command = _command_of(argv)
     if command is not None and commands()[command][1] is None:  # a command with its own parser
         return _run(command, None, argv[1:])
@@ -364,6 +431,8 @@ def main(argv: list[str] | None = None):
 def _run(command: str, cfg, rest: list[str] | None):
     module, _, fn, _ = commands()[command]
     try:
+        from self_sup.recipes import RunConfig
+        if command.startswith('train ') and isinstance(cfg, RunConfig): return train_command(cfg)
         run = getattr(importlib.import_module(module), fn)
         return run(rest) if cfg is None else run(cfg)
     except (ValueError, FileNotFoundError) as e:

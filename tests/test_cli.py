@@ -62,3 +62,55 @@ def test_console_script_exits_zero_and_prints_no_return_value(tmp_path):
     out = run(shutil.which('self_sup'), 'fake-videos', '--n-videos', '1', '--n-frames', '4', '--size', '32', '--out', str(tmp_path))
     assert out.returncode == 0 and 'PosixPath' not in out.stdout + out.stderr, out
     assert len(list(tmp_path.glob('*.mp4'))) == 1
+
+
+def _help_exit_code(argv):
+    "Run `main(argv)` in this process (the modules stay imported: fast); the exit status it ends with (0 for a plain return)."
+    import contextlib, io
+    from self_sup.cli import main
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+        try: main(argv)
+        except SystemExit as e: return e.code or 0, out.getvalue() + err.getvalue()
+    return 0, out.getvalue() + err.getvalue()
+
+
+def _every_help_line():
+    from self_sup.bench.__main__ import available_benchmarks
+    from self_sup.cli import commands
+    return [[*name.split(), '--help'] for name in commands()] + [['bench', '--help']] + [['bench', n, '--help'] for n in available_benchmarks()]
+
+
+def test_every_subcommand_help_exits_zero():
+    for argv in _every_help_line():
+        code, out = _help_exit_code(argv)
+        assert code == 0 and 'Traceback' not in out, (argv, code, out[-2000:])
+        assert 'usage' in out.lower(), (argv, out[-2000:])
+
+
+def test_help_groups_options_by_config_section_and_shows_readable_defaults():
+    code, out = _help_exit_code(['train', 'dino', '--help'])
+    assert code == 0
+    titles = [line[:-1] for line in out.splitlines() if line.endswith(' options:')]
+    assert titles[:2] == ['general options', 'data options'] and {'optimisation options', 'running options'} <= set(titles), titles
+    assert 'PosixPath' not in out and "default: (" not in out and 'default: 0.4 1.0' in out, out
+
+
+def test_version_distill_help_and_unknown_bench_from_the_shell():
+    from self_sup import __version__
+    assert run(shutil.which('self_sup'), '--version').stdout.strip() == f'self_sup {__version__}'
+    assert '5%' in run(shutil.which('self_sup'), 'distill', '--help').stdout  # a '%' in a help string
+    for args in ([sys.executable, '-m', 'self_sup.bench', 'no-such-name'], [shutil.which('self_sup'), 'bench', 'no-such-name']):
+        out = run(*args, check=False)
+        assert out.returncode == 2 and 'Traceback' not in out.stderr, out
+        assert "error: benchmark must be one of" in out.stderr and "'no-such-name'" in out.stderr, out.stderr
+
+
+def test_train_ends_with_a_summary_and_quiet_hides_progress(tmp_path):
+    env = {**ENV, 'SELF_SUP_PROGRESS': '1'}
+    out = subprocess.run([shutil.which('self_sup'), 'train', 'rotnet', '--quiet', '--preset', 'cpu', '--max-steps', '2', '--batch-size', '8',
+                          '--num-workers', '0', '--device', 'cpu', '--out-dir', str(tmp_path/'run')],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith('done: 2 steps in ') and 'last loss ' in last and f'outputs in {tmp_path/"run"}' in last, last
+    assert 'it/s' not in out.stderr and '%|' not in out.stderr, out.stderr[-2000:]  # no progress bar

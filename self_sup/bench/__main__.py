@@ -9,7 +9,7 @@ import importlib, pkgutil, sys
 import self_sup.bench
 
 # %% auto #0
-__all__ = ['available_benchmarks', 'run_benchmark', 'main']
+__all__ = ['USAGE', 'available_benchmarks', 'run_benchmark', 'main']
 
 # %% ../../nbs/50_bench.ipynb #f87a62d6
 def available_benchmarks() -> list[str]:
@@ -24,12 +24,17 @@ def run_benchmark(name: str, # one of `available_benchmarks()`
     if name not in names: raise ValueError(f"benchmark must be one of {names}, got {name!r}")
     return importlib.import_module(f'self_sup.bench.{name}').main(argv or [])
 
+USAGE = 'usage: python -m self_sup.bench NAME [options]'
+
 def main(argv: list[str] | None = None):
-    "Command-line entry: `python -m self_sup.bench NAME [options]`."
+    "Command-line entry: `python -m self_sup.bench NAME [options]`; an unknown name is a usage error (exit status 2)."
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ('-h', '--help'):
-        print('usage: python -m self_sup.bench NAME [options]\nbenchmarks: ' + ', '.join(available_benchmarks()))
+        print(f'{USAGE}\nbenchmarks: ' + ', '.join(available_benchmarks()) + '\n(each benchmark\'s options: NAME --help)')
         return
+    if argv[0] not in available_benchmarks():  # a usage error, as argparse gives one: no traceback
+        print(f'{USAGE}\nself_sup.bench: error: benchmark must be one of {available_benchmarks()}, got {argv[0]!r}', file=sys.stderr)
+        sys.exit(2)
     run_benchmark(argv[0], argv[1:])
 
 # %% ../../nbs/50_bench.ipynb #9d760a73
