@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from ..core import check_positive, get_device, progress
 
 # %% auto #0
-__all__ = ['extract_features', 'knn_classify', 'knn_accuracy']
+__all__ = ['extract_features', 'check_features', 'check_labels', 'check_feature_split', 'knn_classify', 'knn_accuracy']
 
 # %% ../../nbs/30_eval.knn.ipynb #7328f739
 def _module_device(model: Any) -> torch.device:
@@ -100,7 +100,7 @@ def extract_features(model: nn.Module | Callable, # encoder: returns [B, D] feat
     return torch.cat(feats), torch.cat(labels)
 
 # %% ../../nbs/30_eval.knn.ipynb #297442e6
-def _check_features(name: str, features: Any) -> torch.Tensor:
+def check_features(name: str, features: Any) -> torch.Tensor:
     "`features` as a float tensor `[N, D]`; clear errors for other shapes, empty sets and non-finite values."
     f = torch.as_tensor(features)
     if f.ndim != 2: raise ValueError(f"{name} must be a 2-d tensor [samples, dim], got shape {tuple(f.shape)}")
@@ -110,7 +110,7 @@ def _check_features(name: str, features: Any) -> torch.Tensor:
         raise ValueError(f"{name} contains NaN or infinite values ({int((~torch.isfinite(f)).sum())} entries); did training diverge?")
     return f.float()
 
-def _check_labels(name: str, labels: Any, n: int, features_name: str) -> torch.Tensor:
+def check_labels(name: str, labels: Any, n: int, features_name: str) -> torch.Tensor:
     "`labels` as a long tensor `[n]` of class indices >= 0."
     l = torch.as_tensor(labels)
     if l.ndim != 1 or len(l) != n:
@@ -119,6 +119,20 @@ def _check_labels(name: str, labels: Any, n: int, features_name: str) -> torch.T
         raise ValueError(f"{name} must hold integer class indices, got dtype {l.dtype}")
     if (l < 0).any(): raise ValueError(f"{name} must be >= 0, got {int(l.min())} (-1 marks samples without labels)")
     return l.long()
+
+def check_feature_split(train_features, # [N, D] features of the training set
+                        train_labels, # [N] their class indices
+                        test_features, # [M, D] features of the test set, from the same encoder
+                        test_labels=None, # [M] their class indices, if any
+                       ) -> tuple:
+    "The four as checked tensors (float features, long labels; `test_labels` None if not given), with clear errors."
+    train_features, test_features = check_features('train_features', train_features), check_features('test_features', test_features)
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(f"train_features and test_features must have the same dimension, got {train_features.shape[1]} and "
+                         f"{test_features.shape[1]}; were they computed by the same encoder?")
+    train_labels = check_labels('train_labels', train_labels, len(train_features), 'train_features')
+    if test_labels is not None: test_labels = check_labels('test_labels', test_labels, len(test_features), 'test_features')
+    return train_features, train_labels, test_features, test_labels
 
 def _check_ks(ks: Iterable[int], n_train: int) -> list[int]:
     "The distinct values of `ks`, each an integer in [1, n_train]."
@@ -152,12 +166,7 @@ def _knn_predictions(train_features: torch.Tensor, train_labels: torch.Tensor, t
 
 def _knn_inputs(train_features, train_labels, test_features, temperature, num_classes, chunk_size):
     "Check and convert the arguments shared by `knn_classify` and `knn_accuracy`."
-    train_features = _check_features('train_features', train_features)
-    test_features = _check_features('test_features', test_features)
-    if train_features.shape[1] != test_features.shape[1]:
-        raise ValueError(f"train_features and test_features must have the same dimension, got {train_features.shape[1]} and "
-                         f"{test_features.shape[1]}; were they computed by the same encoder?")
-    train_labels = _check_labels('train_labels', train_labels, len(train_features), 'train_features')
+    train_features, train_labels, test_features, _ = check_feature_split(train_features, train_labels, test_features)
     check_positive('temperature', temperature)
     if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -195,7 +204,7 @@ def knn_accuracy(train_features: torch.Tensor, # [N, D] features of the labelled
     "Top-1 accuracy (in %) of weighted kNN for every `k` in `ks`, as `{k: accuracy}`."
     train_features, train_labels, test_features, num_classes = _knn_inputs(
         train_features, train_labels, test_features, temperature, num_classes, chunk_size)
-    test_labels = _check_labels('test_labels', test_labels, len(test_features), 'test_features')
+    test_labels = check_labels('test_labels', test_labels, len(test_features), 'test_features')
     ks = _check_ks(ks, len(train_features))
     preds = _knn_predictions(train_features, train_labels, test_features, ks, temperature, num_classes, chunk_size)
     return {k: 100.0 * (p.cpu() == test_labels).float().mean().item() for k, p in preds.items()}

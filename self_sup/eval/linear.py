@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..core import check_in, check_positive, get_device, progress
-from .knn import _check_features, _check_labels, extract_features, knn_accuracy
+from .knn import check_feature_split, check_features, extract_features, knn_accuracy
 
 # %% auto #0
 __all__ = ['LinearProbe', 'linear_probe', 'linear_probe_model', 'evaluate_representation', 'results_table']
@@ -71,13 +71,7 @@ def linear_probe(train_features: torch.Tensor, # [N, D] frozen features of the l
                  desc: str = 'linear probe', # label of the progress bar
                 ) -> dict:
     "Train a linear classifier on frozen features; return `top1` (and `top5` for > 5 classes) test accuracy in %, `train_top1`, per-epoch `losses` and the trained `probe`."
-    train_features = _check_features('train_features', train_features)
-    test_features = _check_features('test_features', test_features)
-    if train_features.shape[1] != test_features.shape[1]:
-        raise ValueError(f"train_features and test_features must have the same dimension, got {train_features.shape[1]} and "
-                         f"{test_features.shape[1]}; were they computed by the same encoder?")
-    train_labels = _check_labels('train_labels', train_labels, len(train_features), 'train_features')
-    test_labels = _check_labels('test_labels', test_labels, len(test_features), 'test_features')
+    train_features, train_labels, test_features, test_labels = check_feature_split(train_features, train_labels, test_features, test_labels)
     for name, v in [('epochs', epochs), ('batch_size', batch_size)]:
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1: raise ValueError(f"{name} must be a positive integer, got {v!r}")
     check_in('optimizer', optimizer, ['sgd', 'adamw'])
@@ -152,7 +146,7 @@ def evaluate_representation(model_or_features: nn.Module | Callable | None, # en
     else:
         train_f, train_l = extract_features(model_or_features, train, batch_size=batch_size, device=device, num_workers=num_workers, desc='train features')
         test_f, test_l = extract_features(model_or_features, test, batch_size=batch_size, device=device, num_workers=num_workers, desc='test features')
-    train_f = _check_features('train features', train_f)
+    train_f = check_features('train features', train_f)
     out = {'dim': train_f.shape[1]}
     out.update({f'knn@{k}': a for k, a in knn_accuracy(train_f, train_l, test_f, test_l, ks=ks, temperature=temperature).items()})
     if linear: out['linear_top1'] = linear_probe(train_f, train_l, test_f, test_l, **probe_kwargs)['top1']
