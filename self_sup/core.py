@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #02402e45
 from __future__ import annotations
 import os, random, re, socket, tempfile, time, zlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -13,9 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['check_positive', 'check_in', 'check_range', 'check_int', 'check_fraction_pair', 'seed_everything', 'rng_state',
-           'set_rng_state', 'get_device', 'stale_temporaries', 'save_checkpoint', 'load_checkpoint', 'FolderInUse',
-           'FolderLock', 'progress']
+__all__ = ['check_positive', 'check_in', 'check_range', 'check_int', 'check_fraction_pair', 'seed_everything', 'torch_threads',
+           'rng_state', 'set_rng_state', 'get_device', 'stale_temporaries', 'save_checkpoint', 'load_checkpoint',
+           'FolderInUse', 'FolderLock', 'progress']
 
 # %% ../nbs/00_core.ipynb #870d53a6
 def check_positive(name: str, # the argument's name, as the user typed it
@@ -80,6 +81,17 @@ def seed_everything(seed: int, # any integer
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return seed
+
+# %% ../nbs/00_core.ipynb #6a470164
+@contextmanager
+def torch_threads(n: int, # PyTorch CPU threads inside the block; 0 leaves the setting alone
+                 ):
+    "Run a block with `n` PyTorch CPU threads and restore the previous number afterwards."
+    old = torch.get_num_threads()
+    if n: torch.set_num_threads(int(n))
+    try: yield
+    finally:
+        if n: torch.set_num_threads(old)
 
 # %% ../nbs/00_core.ipynb #2dc61a28
 def rng_state() -> dict:

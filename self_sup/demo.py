@@ -12,9 +12,9 @@ from typing import Literal
 import mistune
 from torch import nn
 
-from .core import check_in, check_int
+from .core import check_in, check_int, torch_threads
 from .methods.distill import (DistillConfig, Distiller, PatchBatches, check_source, check_teacher, distill_student,
-                                      get_teacher, make_source, patch_transform, torch_threads)
+                                      get_teacher, make_source, patch_transform)
 from .tasks import Task, load_task, save_classifier
 from .viz.predictions import plot_accuracy_bars, plot_curves, plot_teacher_guesses
 

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .patches import items_per_second
-from ..core import get_device
+from ..core import get_device, torch_threads
 from ..data.images import SingleImagePatches, write_cifar
 from ..methods.distill import Distiller, PatchBatches, distill_student, edge_strokes, paper_config
 from ..tasks import Classifier, load_task, save_classifier
@@ -125,10 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     widths = (32, 64, 128)
     args.batch_size, args.workers = args.batch_size or 128, 2 if args.workers is None else args.workers
     if args.quick: args.seconds, args.rounds, args.batch_size, args.workers, widths = 0.2, 1, 32, 1, (8, 16)
-    old = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try: rates = measure(args.image, args.batch_size, args.workers, widths, args.seconds, args.rounds)
-    finally: torch.set_num_threads(old)
+    with torch_threads(args.threads): rates = measure(args.image, args.batch_size, args.workers, widths, args.seconds, args.rounds)
     train = rates['training: Distiller step']
     print(f"patches of 28x28 from {args.image!r} in the 'edges' style, batches of {args.batch_size}, {args.threads} torch thread(s), "
           f"median of {args.rounds} round(s)")

@@ -9,6 +9,7 @@ import argparse, statistics, time
 import torch
 from torch.utils.data import DataLoader
 
+from ..core import torch_threads
 from ..data.images import SingleImagePatches
 
 # %% auto #0
@@ -71,10 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument('--quick', action='store_true', help='a smoke run of a second or two')
     args = p.parse_args(argv)
     if args.quick: args.seconds, args.rounds, args.batch_size = 0.1, 1, 64
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try: rates = measure(args.image, args.size, args.batch_size, args.seconds, args.rounds, args.interpolation)
-    finally: torch.set_num_threads(old_threads)
+    with torch_threads(args.threads): rates = measure(args.image, args.size, args.batch_size, args.seconds, args.rounds, args.interpolation)
     baseline = rates['per-sample PIL (baseline)']
     print(f"patches of {args.size}x{args.size} from {args.image!r}, {args.threads} torch thread(s), median of {args.rounds} round(s), "
           f"baseline resizing {args.interpolation}")

@@ -5,7 +5,6 @@
 # %% ../../nbs/17_methods.distill.ipynb #c10902be
 from __future__ import annotations
 import dataclasses, json, os, time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -17,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..augment import cutmix
-from ..core import check_in, check_int, check_positive, check_range, get_device, seed_everything
+from ..core import check_in, check_int, check_positive, check_range, get_device, seed_everything, torch_threads
 from ..data.images import SAMPLE_IMAGES, SingleImagePatches
 from ..tasks import (TASKS, VIDEO_LABELS, Classifier, FakeVideos, FrameWiseVideoClassifier, LabelledImages,
                             SupervisedClassification, Task, accuracy, load_classifier, load_task, match_input,
@@ -27,8 +26,8 @@ from ..train import Trainer, TrainConfig
 # %% auto #0
 __all__ = ['TARGETS', 'PATCH_STYLES', 'teacher_targets', 'distillation_loss', 'margin_mask', 'edge_strokes', 'first_item',
            'PatchBatches', 'Distiller', 'AccuracyMonitor', 'check_source', 'check_teacher', 'DistillConfig',
-           'make_source', 'patch_transform', 'get_teacher', 'distill_student', 'torch_threads', 'distill',
-           'paper_config', 'VideoDistillConfig', 'distill_video']
+           'make_source', 'patch_transform', 'get_teacher', 'distill_student', 'distill', 'paper_config',
+           'VideoDistillConfig', 'distill_video']
 
 # %% ../../nbs/17_methods.distill.ipynb #73de8aaf
 TARGETS = ('soft', 'topk', 'argmax')
@@ -358,16 +357,6 @@ def distill_student(config: DistillConfig, # the recipe (image, steps, lr, targe
                 agreement=trainer.metrics.get('agreement'), seconds=time.perf_counter() - wall, cpu_seconds=time.process_time() - cpu)
 
 # %% ../../nbs/17_methods.distill.ipynb #6b3f08be
-@contextmanager
-def torch_threads(n: int, # PyTorch CPU threads inside the block; 0 leaves the setting alone
-                 ):
-    "Run a block with `n` PyTorch CPU threads and restore the previous number afterwards."
-    old = torch.get_num_threads()
-    if n: torch.set_num_threads(int(n))
-    try: yield
-    finally:
-        if n: torch.set_num_threads(old)
-
 def distill(config: DistillConfig, # the run
            ) -> dict:
     "Teacher (trained or loaded), then a student distilled from `config.image`; prints and returns the accuracies."
