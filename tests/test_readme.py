@@ -25,3 +25,12 @@ def test_index_page_gives_the_same_quick_start():
     nb = json.loads((ROOT / 'nbs' / 'index.ipynb').read_text())
     text = '\n'.join(''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'markdown')
     assert quick_start(text) == quick_start((ROOT / 'README.md').read_text())
+
+
+def test_cpu_only_install_is_documented_beside_the_default_and_the_index_says_the_same():
+    readme = (ROOT / 'README.md').read_text()
+    section = readme[readme.index('### CPU-only install'):readme.index('## Notebook map')].strip()
+    assert '--extra-index-url https://download.pytorch.org/whl/cpu' in section and 'GB' in section, section
+    assert readme.index('## Quick start') < readme.index('### CPU-only install')
+    nb = json.loads((ROOT / 'nbs' / 'index.ipynb').read_text())
+    assert any(''.join(c['source']).strip() == section for c in nb['cells'] if c['cell_type'] == 'markdown')
