@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse, random, shutil, tempfile, time
 from pathlib import Path
 
-import decord
 import numpy as np
 import torch
 from PIL import Image
@@ -50,25 +49,26 @@ class ReferenceClips(Dataset):
     "DoRA's reading pattern: open the video in every item and decode the clip at full resolution (uint8 [T, H, W, 3])."
     def __init__(self, path, frames_per_clip: int = 8, stride: int = 60):
         self.path, self.frames_per_clip, self.stride = str(path), frames_per_clip, stride
-        self.total = len(decord.VideoReader(self.path, num_threads=1))
+        with open_video(self.path) as reader: self.total = len(reader)
     def __len__(self): return self.total - (self.frames_per_clip - 1) * self.stride
     def __getitem__(self, index):
-        reader = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=1)
-        frames = reader.get_batch(clip_frame_indices(index, self.frames_per_clip, self.stride)).asnumpy()
-        del reader
-        return torch.from_numpy(frames)
+        with open_video(self.path) as reader:   # decord, as DoRA's code (PyAV where decord is not installed)
+            return torch.from_numpy(read_frames(reader, clip_frame_indices(index, self.frames_per_clip, self.stride), self.path))
 
 # %% ../../nbs/50d_bench.video.ipynb #9960bd3a
 def sequential_fps(path, # a video file
                    size: tuple[int, int] | None = None, # decode resized to (height, width); None: full resolution
                    max_frames: int | None = None, # stop after this many frames
                   ) -> float:
-    "Frames per second of decord decoding the file in order, one thread."
-    reader = decord.VideoReader(str(path), num_threads=1, **({} if size is None else dict(height=size[0], width=size[1])))
-    n = len(reader) if max_frames is None else min(max_frames, len(reader))
-    start = time.perf_counter()
-    for _ in range(n): reader.next().asnumpy()
-    return n / (time.perf_counter() - start)
+    "Frames per second of decoding the file in order, one thread (decord's `next`; PyAV in chunks where decord is missing)."
+    with open_video(path, size) as reader:
+        n = len(reader) if max_frames is None else min(max_frames, len(reader))
+        start = time.perf_counter()
+        if reader.backend == 'decord':
+            for _ in range(n): reader.reader.next().asnumpy()
+        else:
+            for s in range(0, n, 32): read_frames(reader, range(s, min(s + 32, n)), path)
+        return n / (time.perf_counter() - start)
 
 def clips_per_second(dataset, # a dataset of clips
                      indices: list[int], # which clips to read, in this order
@@ -86,10 +86,10 @@ def clips_per_second(dataset, # a dataset of clips
 def open_seconds(path: str | Path, # a video file
                  repeats: int = 3, # opens to time (the median is returned)
                 ) -> float:
-    "Median seconds decord needs to open `path` (reading its frame index)."
+    "Median seconds the video reader (decord, else PyAV) needs to open `path` (reading its frame index)."
     times = []
     for _ in range(repeats):
-        start = time.perf_counter(); decord.VideoReader(str(path), num_threads=1); times.append(time.perf_counter() - start)
+        start = time.perf_counter(); open_video(path).close(); times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
 def make_long_video(path: str | Path, # the mp4 to write
