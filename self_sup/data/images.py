@@ -434,17 +434,20 @@ class ImageNetFolder(ImageFolder):
         self.labels = torch.tensor([l for _, l in self.samples], dtype=torch.long)
 
 # %% ../../nbs/01_data.images.ipynb #4ad814a9
-PRETRAINING_DATASETS = {'digits': 'nothing (built in)', 'cifar10': 'cifar-10-batches-py/ (the python version, extracted)',
+PRETRAINING_DATASETS = {'digits': 'nothing (built in)', 'objects': 'nothing (built in)', 'cifar10': 'cifar-10-batches-py/ (the python version, extracted)',
                         'imagenet': 'train/<wnid>/*.JPEG', 'folder': 'one sub-folder of images per class'}
 
-def pretraining_images(dataset: str, # 'digits' (built-in digits on photos), 'cifar10', 'imagenet' or 'folder'
-                       data_path: str | os.PathLike | None = None, # the dataset's root folder (not needed for 'digits')
-                       split: str = 'train', # 'train' or the held-out split ('test' for CIFAR-10 and digits, 'val' for ImageNet)
+def pretraining_images(dataset: str, # 'digits' (built-in digits on photos), 'objects' (built-in digits on independent backgrounds, `data.objects`), 'cifar10', 'imagenet' or 'folder'
+                       data_path: str | os.PathLike | None = None, # the dataset's root folder (not needed for 'digits' and 'objects')
+                       split: str = 'train', # 'train' or the held-out split ('test' for CIFAR-10, digits and objects, 'val' for ImageNet)
                        transform: Callable | None = None, # applied to each image (a method's views)
                       ) -> Dataset:
     "The images a pretraining method reads, items `(transform(image), label)`, from the loader `dataset` names."
     check_in('dataset', dataset, list(PRETRAINING_DATASETS))
     if dataset == 'digits': return BuiltinDigits(split, 'photo', transform=transform)
+    if dataset == 'objects':
+        from self_sup.data.objects import ObjectImages   # built on this module's photos and digits
+        return ObjectImages(split, transform=transform)
     if data_path is None:
         raise ValueError(f"data_path is required for dataset={dataset!r}: the folder holding {PRETRAINING_DATASETS[dataset]}")
     if dataset == 'cifar10': return CIFAR10(data_path, split, transform=transform)

@@ -24,13 +24,13 @@ __all__ = ['DATASETS', 'RECIPE', 'CPU_RECIPE', 'DINOConfig', 'DINOCPUConfig', 'M
            'dino_dataset', 'train_config', 'measure_training']
 
 # %% ../../nbs/14_methods.dino.ipynb #9e3b220f
-DATASETS = ('imagenet', 'folder', 'digits')
+DATASETS = ('imagenet', 'folder', 'digits', 'objects')
 
 @dataclass
 class DINOConfig(RunConfig):
     "DINO's recipe; the defaults are the paper's ViT-S/16 run (README 'boosted' form) on ImageNet; `preset='cpu'` for a CPU-sized run on the built-in digits."
     # data
-    dataset: Literal['imagenet', 'folder', 'digits'] = 'imagenet' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*) or 'digits' (built-in digits on photos)
+    dataset: Literal['imagenet', 'folder', 'digits', 'objects'] = 'imagenet' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*), 'digits' (built-in digits on photos) or 'objects' (built-in digits on independent backgrounds)
     data_path: str | None = None # the dataset's root folder ('imagenet', 'folder')
     # views
     global_size: int = 224 # side of the 2 global crops, pixels

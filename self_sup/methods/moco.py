@@ -88,14 +88,14 @@ def moco_v3_loss(q1: Tensor, # [b, D] predictions from view 1 (query encoder + p
             + moco_contrastive_loss(q2, all_gather_no_grad(k1), offset, temperature))
 
 # %% ../../nbs/12_methods.moco.ipynb #6e0197a9
-DATASETS = ('imagenet', 'folder', 'digits')
+DATASETS = ('imagenet', 'folder', 'digits', 'objects')
 
 @dataclass
 class MoCoConfig(RunConfig):
     "MoCo's recipe: `version` 'v2' (ResNet-50, 200 ep, queue; the defaults) or 'v3' (ResNet-50, 100 ep, symmetric); `preset='cpu'` for the built-in digits."
     version: Literal['v2', 'v3'] = 'v2' # 'v2': queue + momentum encoder; 'v3': symmetric loss over the batch, predictor, no queue
     # data
-    dataset: Literal['imagenet', 'folder', 'digits'] = 'imagenet' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*) or 'digits' (built-in digits on photos)
+    dataset: Literal['imagenet', 'folder', 'digits', 'objects'] = 'imagenet' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*), 'digits' (built-in digits on photos) or 'objects' (built-in digits on independent backgrounds)
     data_path: str | None = None # the dataset's root folder ('imagenet', 'folder')
     # views
     image_size: int = 224 # side of both crops, pixels

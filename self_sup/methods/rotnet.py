@@ -20,14 +20,14 @@ from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train, t
 from ..train import Trainer, TrainConfig
 
 # %% auto #0
-__all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'DATASETS', 'CPU_PRESET', 'RECIPE', 'RotNetConfig', 'NetworkInNetwork',
-           'create_encoder', 'rotnet_loss', 'step_lr_factor', 'RotNet', 'stage_names', 'IntermediateFeatures',
-           'rotnet_transform', 'rotnet_dataset', 'train_config']
+__all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'DATASETS', 'CPU_PRESET', 'OBJECTS_PRESET', 'RECIPE', 'RotNetConfig',
+           'NetworkInNetwork', 'create_encoder', 'rotnet_loss', 'step_lr_factor', 'RotNet', 'stage_names',
+           'IntermediateFeatures', 'rotnet_transform', 'rotnet_dataset', 'train_config']
 
 # %% ../../nbs/10_methods.rotnet.ipynb #b542ade5
 CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)   # the normalisation of RotNet's CIFAR code
 CIFAR10_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
-DATASETS = ('cifar10', 'imagenet', 'folder', 'digits')
+DATASETS = ('cifar10', 'imagenet', 'folder', 'digits', 'objects')
 
 def _check_stats(name: str, value, positive: bool = False) -> tuple[float, ...]:
     try: v = tuple(float(x) for x in value)
@@ -40,7 +40,7 @@ def _check_stats(name: str, value, positive: bool = False) -> tuple[float, ...]:
 class RotNetConfig(RunConfig):
     "RotNet's recipe (defaults: the paper's CIFAR-10 NIN run); `preset='cpu'` for a CPU-sized run on the built-in digits."
     # data
-    dataset: Literal['cifar10', 'imagenet', 'folder', 'digits'] = 'cifar10' # 'cifar10' (the python pickles), 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*) or 'digits' (built-in digits on photos)
+    dataset: Literal['cifar10', 'imagenet', 'folder', 'digits', 'objects'] = 'cifar10' # 'cifar10' (the python pickles), 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*), 'digits' (built-in digits on photos) or 'objects' (built-in digits on independent backgrounds)
     data_path: str | None = None # the dataset's root folder (not needed for 'digits')
     resize: int | None = None # first resize the shorter side to this (ImageNet: 256); None: keep the size
     image_size: int = 32 # side of the random crop the network sees, pixels
@@ -91,7 +91,8 @@ CPU_PRESET = dict(
     dataset='digits', image_size=28, crop_padding=2, mean=IMAGENET_MEAN, std=IMAGENET_STD, nin_width=16,
     epochs=5, batch_size=64, lr_milestones=(4,), num_workers=0, log_every=1,
 )
-RotNetConfig.PRESETS = {'paper': {}, 'cpu': CPU_PRESET}   # explicit values always win over a preset's
+OBJECTS_PRESET = CPU_PRESET | dict(dataset='objects', epochs=15, lr_milestones=(12,))   # chosen on the objects task's 'val' split (92_repro.image_ssl)
+RotNetConfig.PRESETS = {'paper': {}, 'cpu': CPU_PRESET, 'objects': OBJECTS_PRESET}   # explicit values always win over a preset's
 
 
 # %% ../../nbs/10_methods.rotnet.ipynb #347a2ba5

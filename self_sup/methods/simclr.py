@@ -25,13 +25,13 @@ __all__ = ['DATASETS', 'RECIPE', 'SimCLRConfig', 'nt_xent_logits', 'nt_xent', 'S
            'simclr_dataset', 'train_config']
 
 # %% ../../nbs/11_methods.simclr.ipynb #818b15c8
-DATASETS = ('imagenet', 'folder', 'cifar10', 'digits')
+DATASETS = ('imagenet', 'folder', 'cifar10', 'digits', 'objects')
 
 @dataclass
 class SimCLRConfig(RunConfig):
     "SimCLR's recipe (defaults: the paper's ResNet-50 ImageNet run); `preset='cpu'` for a CPU-sized run on the built-in digits."
     # data
-    dataset: Literal['imagenet', 'folder', 'cifar10', 'digits'] = 'imagenet' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*), 'cifar10' (the python pickles) or 'digits' (built-in digits on photos)
+    dataset: Literal['imagenet', 'folder', 'cifar10', 'digits', 'objects'] = 'imagenet' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*), 'cifar10' (the python pickles), 'digits' (built-in digits on photos) or 'objects' (built-in digits on independent backgrounds)
     data_path: str | None = None # the dataset's root folder (not needed for 'digits')
     # views
     image_size: int = 224 # side of each view, pixels (CIFAR: 32)

@@ -85,13 +85,13 @@ def swav_collapse_report(scores: Tensor, # [..., K] prototype scores (of the ass
     return report
 
 # %% ../../nbs/13_methods.swav.ipynb #7f2084b9
-DATASETS = ('imagenet', 'folder', 'digits')
+DATASETS = ('imagenet', 'folder', 'digits', 'objects')
 
 @dataclass
 class SwAVConfig(RunConfig):
     "SwAV's recipe (defaults: the paper's 800-epoch run); `preset` 'bs256' (200 ep, batch 256, queue) or 'cpu' (built-in digits)."
     # data
-    dataset: Literal['imagenet', 'folder', 'digits'] = 'imagenet' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*) or 'digits' (built-in digits on photos)
+    dataset: Literal['imagenet', 'folder', 'digits', 'objects'] = 'imagenet' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*), 'digits' (built-in digits on photos) or 'objects' (built-in digits on independent backgrounds)
     data_path: str | None = None # the dataset's root folder ('imagenet', 'folder')
     # views
     global_size: int = 224 # side of the 2 global crops, pixels

@@ -1,0 +1,104 @@
+"""Pretrain one image method on the built-in 'objects' task and score its frozen encoder (kNN@20, linear probe) beside the
+same encoder at random initialisation, for several seeds: the runs behind `nbs/results/<method>_builtin.json`.
+
+    OMP_NUM_THREADS=2 python tests/objects_ssl.py simclr --seeds 0 1 2 --split test --out nbs/results/simclr_builtin.json
+    OMP_NUM_THREADS=2 python tests/objects_ssl.py dino --seeds 0 --split val --set epochs=8 lr=1e-3   # choose settings on 'val'
+
+`--split val` fits the probes on 'train_fit' and scores on 'val' (both inside the training images: for choosing settings);
+`--split test` fits them on all of 'train' and scores on 'test' (for reporting). Pretraining always sees 'train', unlabelled.
+"""
+from __future__ import annotations
+import argparse, ast, copy, dataclasses, json, os, platform, shlex, sys, tempfile, time
+
+import torch
+
+from self_sup.augment import IMAGENET_MEAN, IMAGENET_STD
+from self_sup.data.objects import object_images
+from self_sup.eval.linear import evaluate_representation
+from self_sup.recipes import make_trainer
+
+METHODS = {  # name -> (display name, config factory); every method's 'objects' preset on the objects task
+    'rotnet': 'RotNet', 'simclr': 'SimCLR', 'moco_v2': 'MoCo v2', 'moco_v3': 'MoCo v3', 'swav': 'SwAV', 'dino': 'DINO'}
+
+def make_config(method: str, seed: int, preset: str, **overrides):
+    "The method's config on the objects task (`overrides` win over the preset)."
+    kw = dict(preset=preset, dataset='objects', seed=seed, device='cpu', **overrides)
+    if method == 'rotnet':
+        from self_sup.methods.rotnet import RotNetConfig; return RotNetConfig(**kw)
+    if method == 'simclr':
+        from self_sup.methods.simclr import SimCLRConfig; return SimCLRConfig(**kw)
+    if method.startswith('moco'):
+        from self_sup.methods.moco import MoCoConfig; return MoCoConfig(version=method[-2:], **kw)
+    if method == 'swav':
+        from self_sup.methods.swav import SwAVConfig; return SwAVConfig(**kw)
+    if method == 'dino':
+        from self_sup.methods.dino import DINOConfig; return DINOConfig(**kw)
+    raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+
+def labelled(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    "Images of an objects split normalised as in training (ImageNet statistics), and their labels."
+    x, y, _ = object_images(split)
+    x = x.float() / 255
+    return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None], y
+
+def score(backbone, fit, query) -> dict:
+    "kNN@20 and linear-probe top-1 (%) of a frozen backbone."
+    backbone.eval()
+    r = evaluate_representation(backbone, fit, query, ks=(20,))
+    return {'knn@20': r['knn@20'], 'linear_top1': r['linear_top1']}
+
+def run(method: str, seed: int, preset: str, split: str, overrides: dict) -> dict:
+    "Pretrain once and score the trained and the initial encoder."
+    fit, query = (labelled('train_fit'), labelled('val')) if split == 'val' else (labelled('train'), labelled('test'))
+    config = make_config(method, seed, preset, out_dir=tempfile.mkdtemp(prefix='objects_ssl_'), **overrides)
+    trainer = make_trainer(config)
+    initial = copy.deepcopy(trainer.method.backbone)           # exactly the weights training starts from
+    t0 = time.perf_counter(); trainer.fit(); wall = time.perf_counter() - t0
+    out = {'seed': seed, 'steps': trainer.step, 'wall_time_s': round(wall, 1), 'final_loss': float(trainer.metrics['loss']),
+           **score(trainer.method.backbone, fit, query), 'random_init': score(initial, fit, query)}
+    out['config'] = {k: v for k, v in dataclasses.asdict(config).items() if k != 'out_dir'}
+    return out
+
+def summarise(method: str, runs: list[dict], split: str, command: str) -> dict:
+    "Mean and standard deviation over seeds, in the layout of `nbs/results/<method>_builtin.json`."
+    def stats(key, sub=None):
+        v = torch.tensor([(r[sub] if sub else r)[key] for r in runs], dtype=torch.float64)
+        return round(v.mean().item(), 2), round(v.std().item() if len(v) > 1 else 0.0, 2)
+    keys = ('knn@20', 'linear_top1')
+    cfg = runs[0]['config']
+    return {'method': METHODS[method], 'task': 'objects', 'split': split,
+            'backbone': cfg.get('backbone') or f"nin (width {cfg.get('nin_width')})",
+            **{k: stats(k)[0] for k in keys}, 'std': {k: stats(k)[1] for k in keys},
+            'random_init': {k: stats(k, 'random_init')[0] for k in keys}, 'random_init_std': {k: stats(k, 'random_init')[1] for k in keys},
+            'seeds': [r['seed'] for r in runs], 'per_seed': [{k: r[k] for k in r if k != 'config'} for r in runs],
+            'steps': runs[0]['steps'], 'epochs': cfg['epochs'], 'batch_size': cfg['batch_size'],
+            'wall_time_s': round(max(r['wall_time_s'] for r in runs), 1),
+            'config': cfg, 'command': command,
+            'machine': f"{os.cpu_count()} shared CPU cores ({platform.machine()}), no GPU, torch threads {torch.get_num_threads()}, "
+                       f"load average at the end {os.getloadavg()[0]:.1f}"}
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('method', choices=list(METHODS))
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    p.add_argument('--preset', default='objects', help="the method config's preset")
+    p.add_argument('--split', choices=['val', 'test'], default='val')
+    p.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE', help='config fields (Python literals)')
+    p.add_argument('--out', help='write the summary JSON here')
+    a = p.parse_args(argv)
+    overrides = {}
+    for item in a.set:
+        k, v = item.split('=', 1)
+        try: overrides[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError): overrides[k] = v
+    command = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python " + shlex.join(['tests/objects_ssl.py', *(argv or sys.argv[1:])])
+    runs = []
+    for seed in a.seeds:
+        r = run(a.method, seed, a.preset, a.split, overrides); runs.append(r)
+        print(json.dumps({k: r[k] for k in r if k != 'config'}), flush=True)
+    s = summarise(a.method, runs, a.split, command)
+    print(json.dumps({k: s[k] for k in ('method', 'split', 'knn@20', 'linear_top1', 'std', 'random_init', 'random_init_std', 'wall_time_s')}), flush=True)
+    if a.out:
+        with open(a.out, 'w') as f: json.dump(s, f, indent=1); f.write('\n')
+
+if __name__ == '__main__': main()
