@@ -14,6 +14,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+from fastcore.basics import patch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from torch.nn.parallel import DistributedDataParallel
@@ -355,7 +356,7 @@ def resume_command(argv: Sequence[str] | None = None, # a command line; None: `s
         skip = a == '--resume'
     return shlex.join(['self_sup', *rest, '--resume', 'auto'])
 
-# %% ../nbs/06_train.ipynb #53d8667e
+# %% ../nbs/06_train.ipynb #5fa2ff2e
 CHECKPOINT_FORMAT = 'self_sup.train'
 
 class Trainer:
@@ -410,323 +411,346 @@ class Trainer:
         "`cosine_schedule` over the whole run, at the current step (e.g. DINO's EMA momentum `cosine(0.996, 1)`)."
         return cosine_schedule(self.step, self.total_steps, start, end, warmup_steps, warmup_start)
 
-    # ---- setup -----------------------------------------------------------------------------------------
-    def _hook(self, name: str):
-        fn = getattr(self.method, name, None)
-        if callable(fn): fn(self)
+# %% ../nbs/06_train.ipynb #7d5039f4
+@patch
+def _hook(self: Trainer, name: str):
+    fn = getattr(self.method, name, None)
+    if callable(fn): fn(self)
 
-    def _print(self, msg: str):
-        if self.rank == 0: print(msg, flush=True)
+@patch
+def _print(self: Trainer, msg: str):
+    if self.rank == 0: print(msg, flush=True)
 
-    def _resume_path(self) -> Path | None:
-        r = self.config.resume
-        if r is None:
-            if self.checkpoint_path is not None and self.checkpoint_path.exists():
-                raise FileExistsError(f"{str(self.checkpoint_path)!r} already exists: pass resume='auto' to continue that run, "
-                                      f"or choose another out_dir (or delete it) to start a new one")
-            return None
-        if r == 'auto':
-            if self.checkpoint_path is None: raise ValueError("resume='auto' needs out_dir, where the checkpoint is looked for")
-            return self.checkpoint_path if self.checkpoint_path.exists() else None
-        path = Path(r)
-        if not path.is_file(): raise FileNotFoundError(f"resume checkpoint {str(path)!r} does not exist")
-        return path
+@patch
+def _resume_path(self: Trainer) -> Path | None:
+    r = self.config.resume
+    if r is None:
+        if self.checkpoint_path is not None and self.checkpoint_path.exists():
+            raise FileExistsError(f"{str(self.checkpoint_path)!r} already exists: pass resume='auto' to continue that run, "
+                                  f"or choose another out_dir (or delete it) to start a new one")
+        return None
+    if r == 'auto':
+        if self.checkpoint_path is None: raise ValueError("resume='auto' needs out_dir, where the checkpoint is looked for")
+        return self.checkpoint_path if self.checkpoint_path.exists() else None
+    path = Path(r)
+    if not path.is_file(): raise FileNotFoundError(f"resume checkpoint {str(path)!r} does not exist")
+    return path
 
-    def _param_groups(self) -> list[dict]:
-        named = dict(self.method.named_parameters())
-        if callable(getattr(self.method, 'param_groups', None)):
-            groups = self.method.param_groups()
-            if not isinstance(groups, (list, tuple)) or not all(isinstance(g, dict) and 'params' in g for g in groups):
-                raise TypeError(f"{type(self.method).__name__}.param_groups() must return a list of dicts with a 'params' entry")
-            groups = [dict(g, params=[p for p in g['params'] if p.requires_grad]) for g in groups]
-        else:
-            groups = weight_decay_groups(self.method, self.config.exclude_bias_and_norm_wd)
-        groups = [g for g in groups if g['params']]
-        if not groups: raise ValueError(f"{type(self.method).__name__} has no trainable parameters (all have requires_grad=False)")
-        self._frozen = []
-        for pattern in self.config.freeze_params:
-            hits = [p for n, p in named.items() if fnmatch.fnmatchcase(n, pattern)]
-            if not hits: raise ValueError(f"freeze_params pattern {pattern!r} matches no parameter; names look like {list(named)[:6]}")
-            self._frozen += hits
-        return groups
+@patch
+def _param_groups(self: Trainer) -> list[dict]:
+    named = dict(self.method.named_parameters())
+    if callable(getattr(self.method, 'param_groups', None)):
+        groups = self.method.param_groups()
+        if not isinstance(groups, (list, tuple)) or not all(isinstance(g, dict) and 'params' in g for g in groups):
+            raise TypeError(f"{type(self.method).__name__}.param_groups() must return a list of dicts with a 'params' entry")
+        groups = [dict(g, params=[p for p in g['params'] if p.requires_grad]) for g in groups]
+    else:
+        groups = weight_decay_groups(self.method, self.config.exclude_bias_and_norm_wd)
+    groups = [g for g in groups if g['params']]
+    if not groups: raise ValueError(f"{type(self.method).__name__} has no trainable parameters (all have requires_grad=False)")
+    self._frozen = []
+    for pattern in self.config.freeze_params:
+        hits = [p for n, p in named.items() if fnmatch.fnmatchcase(n, pattern)]
+        if not hits: raise ValueError(f"freeze_params pattern {pattern!r} matches no parameter; names look like {list(named)[:6]}")
+        self._frozen += hits
+    return groups
 
-    def _setup(self):
-        c = self.config
-        resume = self._resume_path()
-        if c.sync_batchnorm and self.world_size > 1:   # PyTorch's (NCCL) on GPUs; the kit's elsewhere (nn.SyncBatchNorm refuses CPU tensors)
-            self.method = (nn.SyncBatchNorm.convert_sync_batchnorm(self.method) if self.device.type == 'cuda'
-                           else convert_sync_batchnorm(self.method))
-        self.method.to(self.device)
-        seed_everything(c.seed + self.rank)
-        self._hook('on_train_start')
-        self.optimizer = make_optimizer(self._param_groups(), c.optimizer, self.peak_lr, c.weight_decay, c.momentum, c.betas)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.precision == 'fp16')
-        if resume is not None: self._restore(resume)
-        if self.world_size > 1:
-            ids = [self.device.index] if self.device.type == 'cuda' else None
-            self.model = DistributedDataParallel(self.method, device_ids=ids, find_unused_parameters=c.find_unused_parameters)
-        if self.rank == 0 and self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._log = MetricsCSV(self.metrics_path, keep_before_step=self.step if resume is not None else None)
-            self._write_config()
-        self._ready = True
+@patch
+def _setup(self: Trainer):
+    c = self.config
+    resume = self._resume_path()
+    if c.sync_batchnorm and self.world_size > 1:   # PyTorch's (NCCL) on GPUs; the kit's elsewhere (nn.SyncBatchNorm refuses CPU tensors)
+        self.method = (nn.SyncBatchNorm.convert_sync_batchnorm(self.method) if self.device.type == 'cuda'
+                       else convert_sync_batchnorm(self.method))
+    self.method.to(self.device)
+    seed_everything(c.seed + self.rank)
+    self._hook('on_train_start')
+    self.optimizer = make_optimizer(self._param_groups(), c.optimizer, self.peak_lr, c.weight_decay, c.momentum, c.betas)
+    self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.precision == 'fp16')
+    if resume is not None: self._restore(resume)
+    if self.world_size > 1:
+        ids = [self.device.index] if self.device.type == 'cuda' else None
+        self.model = DistributedDataParallel(self.method, device_ids=ids, find_unused_parameters=c.find_unused_parameters)
+    if self.rank == 0 and self.out_dir is not None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._log = MetricsCSV(self.metrics_path, keep_before_step=self.step if resume is not None else None)
+        self._write_config()
+    self._ready = True
 
-    def _write_config(self):
-        "config.json; on a resume with other settings, a warning naming each, and the old ones in config_history.jsonl."
-        new, old = dataclasses.asdict(self.config), self._resumed_config
-        changes = {k: v for k, v in config_changes(old, new).items() if k != 'resume'} if old is not None else {}
-        if changes:
-            with open(self.out_dir / 'config_history.jsonl', 'a') as f:
-                f.write(json.dumps(dict(step=self.step, changes=changes, previous=old), default=str) + '\n')
-            shown = [f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items() if k not in RUN_FIELDS]
-            if shown: warnings.warn(f"resuming at step {self.step} with changed settings: {', '.join(shown)} (the checkpoint's "
-                                    f"settings stay in {str(self.out_dir / 'config_history.jsonl')!r})")
-        (self.out_dir / 'config.json').write_text(json.dumps(new, indent=1))
+@patch
+def _write_config(self: Trainer):
+    "config.json; on a resume with other settings, a warning naming each, and the old ones in config_history.jsonl."
+    new, old = dataclasses.asdict(self.config), self._resumed_config
+    changes = {k: v for k, v in config_changes(old, new).items() if k != 'resume'} if old is not None else {}
+    if changes:
+        with open(self.out_dir / 'config_history.jsonl', 'a') as f:
+            f.write(json.dumps(dict(step=self.step, changes=changes, previous=old), default=str) + '\n')
+        shown = [f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items() if k not in RUN_FIELDS]
+        if shown: warnings.warn(f"resuming at step {self.step} with changed settings: {', '.join(shown)} (the checkpoint's "
+                                f"settings stay in {str(self.out_dir / 'config_history.jsonl')!r})")
+    (self.out_dir / 'config.json').write_text(json.dumps(new, indent=1))
 
-    # ---- checkpoints -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        "The full training state (the method's weights, optimiser, scaler, position in the data, random states)."
-        rngs = [rng_state()]
-        if is_distributed():
-            rngs = [None] * self.world_size
-            dist.all_gather_object(rngs, rng_state())
-        return dict(format=CHECKPOINT_FORMAT, version=1, step=self.step, epoch=self.epoch, step_in_epoch=self.step_in_epoch,
-                    steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps, world_size=self.world_size,
-                    global_batch=self.global_batch, method_class=type(self.method).__qualname__,
-                    method=self.method.state_dict(), optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                    rng=rngs, elapsed=self._elapsed, config=dataclasses.asdict(self.config))
+# %% ../nbs/06_train.ipynb #c8c51f60
+@patch
+def state_dict(self: Trainer) -> dict:
+    "The full training state (the method's weights, optimiser, scaler, position in the data, random states)."
+    rngs = [rng_state()]
+    if is_distributed():
+        rngs = [None] * self.world_size
+        dist.all_gather_object(rngs, rng_state())
+    return dict(format=CHECKPOINT_FORMAT, version=1, step=self.step, epoch=self.epoch, step_in_epoch=self.step_in_epoch,
+                steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps, world_size=self.world_size,
+                global_batch=self.global_batch, method_class=type(self.method).__qualname__,
+                method=self.method.state_dict(), optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                rng=rngs, elapsed=self._elapsed, config=dataclasses.asdict(self.config))
 
-    def save(self, path: str | Path | None = None, # where; None: `out_dir/checkpoint.pt`
-            ) -> Path | None:
-        "Write a checkpoint atomically (rank 0 writes; every rank must call this, it gathers their random states)."
-        if not self._ready: raise RuntimeError("nothing to save yet: call fit() first (it builds the optimiser)")
-        path = Path(path) if path is not None else self.checkpoint_path
-        if path is None: raise ValueError("no checkpoint path: set TrainConfig.out_dir or pass a path")
-        state = self.state_dict()
-        bad = first_nonfinite(state['method'], 'method') or first_nonfinite(state['optimizer']['state'], 'optimizer state')
-        if bad is not None:   # a checkpoint that cannot resume must not replace one that can
-            raise FloatingPointError(f"{bad} is not finite after step {self.step}: no checkpoint written, training stopped; "
-                                     + self._last_good())
-        if self.rank == 0:
-            if path == self.checkpoint_path: self._keep_previous()
-            save_checkpoint(state, path)
-        barrier()
-        if path == self.checkpoint_path: self.last_checkpoint_step, self._checkpoint_checked = self.step, False
-        return path
+@patch
+def save(self: Trainer, path: str | Path | None = None, # where; None: `out_dir/checkpoint.pt`
+        ) -> Path | None:
+    "Write a checkpoint atomically (rank 0 writes; every rank must call this, it gathers their random states)."
+    if not self._ready: raise RuntimeError("nothing to save yet: call fit() first (it builds the optimiser)")
+    path = Path(path) if path is not None else self.checkpoint_path
+    if path is None: raise ValueError("no checkpoint path: set TrainConfig.out_dir or pass a path")
+    state = self.state_dict()
+    bad = first_nonfinite(state['method'], 'method') or first_nonfinite(state['optimizer']['state'], 'optimizer state')
+    if bad is not None:   # a checkpoint that cannot resume must not replace one that can
+        raise FloatingPointError(f"{bad} is not finite after step {self.step}: no checkpoint written, training stopped; "
+                                 + self._last_good())
+    if self.rank == 0:
+        if path == self.checkpoint_path: self._keep_previous()
+        save_checkpoint(state, path)
+    barrier()
+    if path == self.checkpoint_path: self.last_checkpoint_step, self._checkpoint_checked = self.step, False
+    return path
 
-    def _keep_previous(self):
-        # the checkpoint about to be replaced stays (as a hard link: no copy) until the new one's weights gave a finite loss
-        if not self._checkpoint_checked or not self.checkpoint_path.exists(): return   # unchecked: keep the older one
-        tmp = self.previous_checkpoint_path.with_name('.checkpoint.previous.pt.tmp')
-        try: os.link(self.checkpoint_path, tmp); os.replace(tmp, self.previous_checkpoint_path)
-        except OSError: tmp.unlink(missing_ok=True)      # a file system without hard links: no fallback copy
+@patch
+def _keep_previous(self: Trainer):
+    # the checkpoint about to be replaced stays (as a hard link: no copy) until the new one's weights gave a finite loss
+    if not self._checkpoint_checked or not self.checkpoint_path.exists(): return   # unchecked: keep the older one
+    tmp = self.previous_checkpoint_path.with_name('.checkpoint.previous.pt.tmp')
+    try: os.link(self.checkpoint_path, tmp); os.replace(tmp, self.previous_checkpoint_path)
+    except OSError: tmp.unlink(missing_ok=True)      # a file system without hard links: no fallback copy
 
-    def _drop_previous(self):
-        self._checkpoint_checked = True
-        if self.rank == 0 and self.previous_checkpoint_path is not None: self.previous_checkpoint_path.unlink(missing_ok=True)
+@patch
+def _drop_previous(self: Trainer):
+    self._checkpoint_checked = True
+    if self.rank == 0 and self.previous_checkpoint_path is not None: self.previous_checkpoint_path.unlink(missing_ok=True)
 
-    def _last_good(self) -> str:
-        "Where to resume after a non-finite value; a checkpoint whose own weights gave it is moved aside first."
-        if self._checkpoint_checked or self.last_checkpoint_step != self.step or self.checkpoint_path is None:
-            return (f"the last good checkpoint is {str(self.checkpoint_path)!r} (step {self.last_checkpoint_step})"
-                    if self.last_checkpoint_step is not None else "no checkpoint was written yet")
-        self._checkpoint_checked, diverged = True, self.out_dir / 'checkpoint.diverged.pt'
-        if self.rank != 0: return "rank 0 names the checkpoint to resume from"
-        os.replace(self.checkpoint_path, diverged)
-        if self.previous_checkpoint_path.exists(): os.replace(self.previous_checkpoint_path, self.checkpoint_path)
-        moved = f"the checkpoint of step {self.step} holds the weights that gave it (moved to {str(diverged)!r}); "
-        if not self.checkpoint_path.exists():
-            self.last_checkpoint_step = None
-            return moved + "no checkpoint that resumes was written"
-        self.last_checkpoint_step = torch.load(self.checkpoint_path, map_location='cpu', mmap=True, weights_only=False)['step']
-        return moved + f"the last good checkpoint is {str(self.checkpoint_path)!r} (step {self.last_checkpoint_step})"
+@patch
+def _last_good(self: Trainer) -> str:
+    "Where to resume after a non-finite value; a checkpoint whose own weights gave it is moved aside first."
+    if self._checkpoint_checked or self.last_checkpoint_step != self.step or self.checkpoint_path is None:
+        return (f"the last good checkpoint is {str(self.checkpoint_path)!r} (step {self.last_checkpoint_step})"
+                if self.last_checkpoint_step is not None else "no checkpoint was written yet")
+    self._checkpoint_checked, diverged = True, self.out_dir / 'checkpoint.diverged.pt'
+    if self.rank != 0: return "rank 0 names the checkpoint to resume from"
+    os.replace(self.checkpoint_path, diverged)
+    if self.previous_checkpoint_path.exists(): os.replace(self.previous_checkpoint_path, self.checkpoint_path)
+    moved = f"the checkpoint of step {self.step} holds the weights that gave it (moved to {str(diverged)!r}); "
+    if not self.checkpoint_path.exists():
+        self.last_checkpoint_step = None
+        return moved + "no checkpoint that resumes was written"
+    self.last_checkpoint_step = torch.load(self.checkpoint_path, map_location='cpu', mmap=True, weights_only=False)['step']
+    return moved + f"the last good checkpoint is {str(self.checkpoint_path)!r} (step {self.last_checkpoint_step})"
 
-    def _restore(self, path: Path):
-        ckpt = load_checkpoint(path)
-        if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
-            keys = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-            raise ValueError(f"{str(path)!r} is not a checkpoint written by self_sup.train.Trainer (it holds {keys}); "
-                             "to load weights only, use the method's load_state_dict")
-        if ckpt['steps_per_epoch'] != self.steps_per_epoch:
-            raise ValueError(f"{str(path)!r} was written with {ckpt['steps_per_epoch']} steps per epoch (global batch "
-                             f"{ckpt['global_batch']}, {ckpt['world_size']} process(es)); this run has {self.steps_per_epoch} "
-                             f"(global batch {self.global_batch}, {self.world_size} process(es), {len(self.train_data)} samples): "
-                             "resume with the same data and global batch")
-        missing, unexpected = [], []
-        try: missing, unexpected = self.method.load_state_dict(ckpt['method'], strict=False)
-        except RuntimeError as e:
-            raise ValueError(f"{str(path)!r} does not fit {type(self.method).__name__} (written for {ckpt['method_class']}): {e}") from e
-        if missing or unexpected:
-            raise ValueError(f"{str(path)!r} does not fit {type(self.method).__name__} (written for {ckpt['method_class']}): "
-                             f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-        try: self.optimizer.load_state_dict(ckpt['optimizer'])
-        except (ValueError, KeyError) as e: raise ValueError(f"the optimiser state in {str(path)!r} does not fit this run: {e}") from e
-        self.scaler.load_state_dict(ckpt['scaler'])
-        if ckpt['total_steps'] != self.total_steps:
-            warnings.warn(f"the checkpoint's schedules spanned {ckpt['total_steps']} steps, this run's span {self.total_steps}: "
-                          "the run continues with the new schedules")
-        self.step, self.epoch, self.step_in_epoch = ckpt['step'], ckpt['epoch'], ckpt['step_in_epoch']
-        self._elapsed, self.last_checkpoint_step = ckpt['elapsed'], ckpt['step']
-        self._resumed_config, self._checkpoint_checked = ckpt.get('config'), path != self.checkpoint_path
-        if len(ckpt['rng']) != self.world_size:
-            warnings.warn(f"the checkpoint holds random states of {len(ckpt['rng'])} process(es), this run has {self.world_size}: "
-                          "the data order is kept, the methods' own random draws are not")
-        set_rng_state(ckpt['rng'][self.rank % len(ckpt['rng'])])
-        self._print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, step {self.step_in_epoch} of {self.steps_per_epoch})")
+@patch
+def _restore(self: Trainer, path: Path):
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
+        keys = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{str(path)!r} is not a checkpoint written by self_sup.train.Trainer (it holds {keys}); "
+                         "to load weights only, use the method's load_state_dict")
+    if ckpt['steps_per_epoch'] != self.steps_per_epoch:
+        raise ValueError(f"{str(path)!r} was written with {ckpt['steps_per_epoch']} steps per epoch (global batch "
+                         f"{ckpt['global_batch']}, {ckpt['world_size']} process(es)); this run has {self.steps_per_epoch} "
+                         f"(global batch {self.global_batch}, {self.world_size} process(es), {len(self.train_data)} samples): "
+                         "resume with the same data and global batch")
+    missing, unexpected = [], []
+    try: missing, unexpected = self.method.load_state_dict(ckpt['method'], strict=False)
+    except RuntimeError as e:
+        raise ValueError(f"{str(path)!r} does not fit {type(self.method).__name__} (written for {ckpt['method_class']}): {e}") from e
+    if missing or unexpected:
+        raise ValueError(f"{str(path)!r} does not fit {type(self.method).__name__} (written for {ckpt['method_class']}): "
+                         f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    try: self.optimizer.load_state_dict(ckpt['optimizer'])
+    except (ValueError, KeyError) as e: raise ValueError(f"the optimiser state in {str(path)!r} does not fit this run: {e}") from e
+    self.scaler.load_state_dict(ckpt['scaler'])
+    if ckpt['total_steps'] != self.total_steps:
+        warnings.warn(f"the checkpoint's schedules spanned {ckpt['total_steps']} steps, this run's span {self.total_steps}: "
+                      "the run continues with the new schedules")
+    self.step, self.epoch, self.step_in_epoch = ckpt['step'], ckpt['epoch'], ckpt['step_in_epoch']
+    self._elapsed, self.last_checkpoint_step = ckpt['elapsed'], ckpt['step']
+    self._resumed_config, self._checkpoint_checked = ckpt.get('config'), path != self.checkpoint_path
+    if len(ckpt['rng']) != self.world_size:
+        warnings.warn(f"the checkpoint holds random states of {len(ckpt['rng'])} process(es), this run has {self.world_size}: "
+                      "the data order is kept, the methods' own random draws are not")
+    set_rng_state(ckpt['rng'][self.rank % len(ckpt['rng'])])
+    self._print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, step {self.step_in_epoch} of {self.steps_per_epoch})")
 
-    # ---- the loop --------------------------------------------------------------------------------------
-    def _loader(self) -> DataLoader:
-        c = self.config
-        rows = epoch_batches(len(self.train_data), c.batch_size, self.epoch, c.seed, c.shuffle, self.rank, self.world_size)
-        keys = [(self.epoch, rows[i]) for i in range(self.step_in_epoch * c.accumulate_steps, self.steps_per_epoch * c.accumulate_steps)]
-        # our own generator: creating the loader must not draw from the global one (a resume would differ)
-        return DataLoader(SeededSamples(self.train_data, c.seed, self.collate_fn), sampler=keys, batch_size=None,
-                          collate_fn=_keep, num_workers=c.num_workers, pin_memory=self.device.type == 'cuda',
-                          worker_init_fn=partial(_ignore_signals, c.stop_signals) if c.num_workers else None, generator=torch.Generator().manual_seed(c.seed))
+# %% ../nbs/06_train.ipynb #c0c1ec6a
+@patch
+def _loader(self: Trainer) -> DataLoader:
+    c = self.config
+    rows = epoch_batches(len(self.train_data), c.batch_size, self.epoch, c.seed, c.shuffle, self.rank, self.world_size)
+    keys = [(self.epoch, rows[i]) for i in range(self.step_in_epoch * c.accumulate_steps, self.steps_per_epoch * c.accumulate_steps)]
+    # our own generator: creating the loader must not draw from the global one (a resume would differ)
+    return DataLoader(SeededSamples(self.train_data, c.seed, self.collate_fn), sampler=keys, batch_size=None,
+                      collate_fn=_keep, num_workers=c.num_workers, pin_memory=self.device.type == 'cuda',
+                      worker_init_fn=partial(_ignore_signals, c.stop_signals) if c.num_workers else None, generator=torch.Generator().manual_seed(c.seed))
 
-    def _start_loader(self):
-        # workers inherit the signal mask: blocking the stop signals while they start leaves no window in which one
-        # could kill a worker (they ignore them from `_ignore_signals` on), and this process receives any that came meanwhile
-        nums = {getattr(signal, n) for n in self.config.stop_signals if hasattr(signal, n)}
-        block = bool(self.config.num_workers and nums and hasattr(signal, 'pthread_sigmask'))
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, nums) if block else None
-        try: return iter(self._loader())
-        finally:
-            if previous is not None: signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+@patch
+def _start_loader(self: Trainer):
+    # workers inherit the signal mask: blocking the stop signals while they start leaves no window in which one
+    # could kill a worker (they ignore them from `_ignore_signals` on), and this process receives any that came meanwhile
+    nums = {getattr(signal, n) for n in self.config.stop_signals if hasattr(signal, n)}
+    block = bool(self.config.num_workers and nums and hasattr(signal, 'pthread_sigmask'))
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, nums) if block else None
+    try: return iter(self._loader())
+    finally:
+        if previous is not None: signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
-    def _outputs(self, out) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        name = type(self.method).__name__
-        if not isinstance(out, dict) or 'loss' not in out:
-            raise TypeError(f"{name}.forward(batch) must return a dict with a 'loss' entry, got "
-                            + (f"keys {list(out)}" if isinstance(out, dict) else type(out).__name__))
-        loss = out['loss']
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
-            raise ValueError(f"{name}.forward must return 'loss' as a scalar tensor that requires grad, got "
-                             + (f"shape {tuple(loss.shape)}, requires_grad={loss.requires_grad}" if isinstance(loss, torch.Tensor) else repr(loss)))
-        logs = {}
-        for k, v in out.items():
-            if isinstance(v, torch.Tensor) and v.numel() == 1: logs[k] = v.detach().float().reshape(()).to(self.device)
-            elif isinstance(v, (int, float)) and not isinstance(v, bool): logs[k] = torch.tensor(float(v), device=self.device)
-            else: raise ValueError(f"{name}.forward returned {k!r} = {type(v).__name__}"
-                                   + (f" of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else '') + ": only scalars can be logged")
-        return loss, logs
+# %% ../nbs/06_train.ipynb #47da5702
+@patch
+def _outputs(self: Trainer, out) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    name = type(self.method).__name__
+    if not isinstance(out, dict) or 'loss' not in out:
+        raise TypeError(f"{name}.forward(batch) must return a dict with a 'loss' entry, got "
+                        + (f"keys {list(out)}" if isinstance(out, dict) else type(out).__name__))
+    loss = out['loss']
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
+        raise ValueError(f"{name}.forward must return 'loss' as a scalar tensor that requires grad, got "
+                         + (f"shape {tuple(loss.shape)}, requires_grad={loss.requires_grad}" if isinstance(loss, torch.Tensor) else repr(loss)))
+    logs = {}
+    for k, v in out.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1: logs[k] = v.detach().float().reshape(()).to(self.device)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool): logs[k] = torch.tensor(float(v), device=self.device)
+        else: raise ValueError(f"{name}.forward returned {k!r} = {type(v).__name__}"
+                               + (f" of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else '') + ": only scalars can be logged")
+    return loss, logs
 
-    def _train_step(self) -> dict[str, float]:
-        c, opt = self.config, self.optimizer
-        self.lr = cosine_schedule(self.step, self.total_steps, self.peak_lr, c.final_lr, self.warmup_steps, c.warmup_lr)
-        wd_end = c.weight_decay if c.final_weight_decay is None else c.final_weight_decay
-        self.weight_decay = cosine_schedule(self.step, self.total_steps, c.weight_decay, wd_end)
-        for g in opt.param_groups:
-            g['lr'] = self.lr * g.get('lr_scale', 1.0); g['weight_decay'] = self.weight_decay * g.get('wd_scale', 1.0)
-        self._hook('on_step_start')
-        opt.zero_grad(set_to_none=True)
-        totals, keys = None, None
-        amp = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(c.precision)
-        for i in range(c.accumulate_steps):
-            batch = to_device(next(self._batches), self.device, non_blocking=self.device.type == 'cuda')
-            sync = self.model.no_sync() if self.model is not self.method and i < c.accumulate_steps - 1 else nullcontext()
-            with sync:
-                with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
-                    out = self.model(batch)
-                loss, logs = self._outputs(out)
-                self.scaler.scale(loss.float() / c.accumulate_steps).backward()
-            if keys is None: keys, totals = list(logs), torch.stack(list(logs.values()))
-            elif list(logs) != keys: raise ValueError(f"forward returned keys {list(logs)} after {keys}: keep the same keys at every step")
-            else: totals = totals + torch.stack(list(logs.values()))
-        flag = torch.tensor([1.0 if self._stop_requested else 0.0], device=totals.device)
-        values = torch.cat([totals / c.accumulate_steps, flag])
-        values = all_reduce_mean(values).tolist()
-        metrics, stop = dict(zip(keys, values[:-1])), values[-1] > 0
-        if not math.isfinite(metrics['loss']):
-            raise FloatingPointError(f"loss is {metrics['loss']} at step {self.step} (epoch {self.epoch}); training stopped "
-                                     f"before the parameters changed; {self._last_good()}")
-        if not self._checkpoint_checked and self.last_checkpoint_step == self.step: self._drop_previous()
-        self.scaler.unscale_(opt)
-        if self.step < self.freeze_steps:
-            for p in self._frozen: p.grad = None
-        self._hook('on_before_optimizer_step')
-        if c.clip_grad is not None:
-            params = [p for g in opt.param_groups for p in g['params'] if p.grad is not None]
-            metrics['grad_norm'] = float(torch.nn.utils.clip_grad_norm_(params, c.clip_grad))
-        self.scaler.step(opt); self.scaler.update()
-        self._hook('on_after_optimizer_step')
-        self._stop_flag = stop
-        return metrics
+@patch
+def _train_step(self: Trainer) -> dict[str, float]:
+    c, opt = self.config, self.optimizer
+    self.lr = cosine_schedule(self.step, self.total_steps, self.peak_lr, c.final_lr, self.warmup_steps, c.warmup_lr)
+    wd_end = c.weight_decay if c.final_weight_decay is None else c.final_weight_decay
+    self.weight_decay = cosine_schedule(self.step, self.total_steps, c.weight_decay, wd_end)
+    for g in opt.param_groups:
+        g['lr'] = self.lr * g.get('lr_scale', 1.0); g['weight_decay'] = self.weight_decay * g.get('wd_scale', 1.0)
+    self._hook('on_step_start')
+    opt.zero_grad(set_to_none=True)
+    totals, keys = None, None
+    amp = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(c.precision)
+    for i in range(c.accumulate_steps):
+        batch = to_device(next(self._batches), self.device, non_blocking=self.device.type == 'cuda')
+        sync = self.model.no_sync() if self.model is not self.method and i < c.accumulate_steps - 1 else nullcontext()
+        with sync:
+            with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+                out = self.model(batch)
+            loss, logs = self._outputs(out)
+            self.scaler.scale(loss.float() / c.accumulate_steps).backward()
+        if keys is None: keys, totals = list(logs), torch.stack(list(logs.values()))
+        elif list(logs) != keys: raise ValueError(f"forward returned keys {list(logs)} after {keys}: keep the same keys at every step")
+        else: totals = totals + torch.stack(list(logs.values()))
+    flag = torch.tensor([1.0 if self._stop_requested else 0.0], device=totals.device)
+    values = torch.cat([totals / c.accumulate_steps, flag])
+    values = all_reduce_mean(values).tolist()
+    metrics, stop = dict(zip(keys, values[:-1])), values[-1] > 0
+    if not math.isfinite(metrics['loss']):
+        raise FloatingPointError(f"loss is {metrics['loss']} at step {self.step} (epoch {self.epoch}); training stopped "
+                                 f"before the parameters changed; {self._last_good()}")
+    if not self._checkpoint_checked and self.last_checkpoint_step == self.step: self._drop_previous()
+    self.scaler.unscale_(opt)
+    if self.step < self.freeze_steps:
+        for p in self._frozen: p.grad = None
+    self._hook('on_before_optimizer_step')
+    if c.clip_grad is not None:
+        params = [p for g in opt.param_groups for p in g['params'] if p.grad is not None]
+        metrics['grad_norm'] = float(torch.nn.utils.clip_grad_norm_(params, c.clip_grad))
+    self.scaler.step(opt); self.scaler.update()
+    self._hook('on_after_optimizer_step')
+    self._stop_flag = stop
+    return metrics
 
-    def _on_stop_signal(self, signum, frame):
-        if self._stop_requested and signum == signal.SIGINT: raise KeyboardInterrupt   # a second Ctrl-C
-        if self._stop_requested: return             # e.g. SLURM's SIGTERM after its SIGUSR1: the step still ends cleanly
-        self._stop_requested = signal.Signals(signum).name
-        self._print(f"\n{self._stop_requested}: stopping after this step (a checkpoint will be written)"
-                    + ("; press Ctrl-C again to abort at once" if signum == signal.SIGINT else ""))
+# %% ../nbs/06_train.ipynb #33c10ca2
+@patch
+def _on_stop_signal(self: Trainer, signum, frame):
+    if self._stop_requested and signum == signal.SIGINT: raise KeyboardInterrupt   # a second Ctrl-C
+    if self._stop_requested: return             # e.g. SLURM's SIGTERM after its SIGUSR1: the step still ends cleanly
+    self._stop_requested = signal.Signals(signum).name
+    self._print(f"\n{self._stop_requested}: stopping after this step (a checkpoint will be written)"
+                + ("; press Ctrl-C again to abort at once" if signum == signal.SIGINT else ""))
 
-    @contextmanager
-    def _folder_lock(self):
-        "Rank 0 locks out_dir for the run's life (a second run there fails at once); every rank learns if it could."
-        lock, error = FolderLock(self.out_dir) if self.out_dir is not None and self.rank == 0 else None, None
-        if lock is not None:
-            try: lock.acquire()
-            except FolderInUse as e: error = e
-        if self.out_dir is not None and self.world_size > 1:
-            failed = all_reduce_mean(torch.tensor([float(error is not None)], device=self.device)).item() > 0
-            if failed and error is None: error = FolderInUse(f"{str(self.out_dir)!r} is in use by another run (see rank 0)")
-        if error is not None: raise error
-        try: yield
-        finally:
-            if lock is not None: lock.release()
+@patch
+@contextmanager
+def _folder_lock(self: Trainer):
+    "Rank 0 locks out_dir for the run's life (a second run there fails at once); every rank learns if it could."
+    lock, error = FolderLock(self.out_dir) if self.out_dir is not None and self.rank == 0 else None, None
+    if lock is not None:
+        try: lock.acquire()
+        except FolderInUse as e: error = e
+    if self.out_dir is not None and self.world_size > 1:
+        failed = all_reduce_mean(torch.tensor([float(error is not None)], device=self.device)).item() > 0
+        if failed and error is None: error = FolderInUse(f"{str(self.out_dir)!r} is in use by another run (see rank 0)")
+    if error is not None: raise error
+    try: yield
+    finally:
+        if lock is not None: lock.release()
 
-    def fit(self) -> dict[str, float]:
-        "Train until `epochs` (or `max_steps`) are done; return the last step's metrics."
-        with self._folder_lock():
-            if not self._ready: self._setup()
-            return self._fit()
+# %% ../nbs/06_train.ipynb #371008c8
+@patch
+def fit(self: Trainer) -> dict[str, float]:
+    "Train until `epochs` (or `max_steps`) are done; return the last step's metrics."
+    with self._folder_lock():
+        if not self._ready: self._setup()
+        return self._fit()
 
-    def _fit(self) -> dict[str, float]:
-        c = self.config
-        stop_at = self.total_steps if c.max_steps is None else min(self.total_steps, c.max_steps)
-        if self.step >= stop_at: return self.metrics
-        handlers = swap_signal_handlers(c.stop_signals, self._on_stop_signal)
-        bar = progress(total=stop_at, initial=self.step, desc='train', disable=None if self.rank == 0 else True)
-        in_step, self._stop_requested, self._stop_flag = False, False, False
-        self.method.train()
-        t0 = time.perf_counter() - self._elapsed
-        try:
-            while self.step < stop_at:
-                if self._batches is None: self._batches = self._start_loader()
-                in_step = True
-                metrics = self._train_step()
-                self._elapsed = time.perf_counter() - t0
-                self.metrics = dict(step=self.step, epoch=self.epoch, lr=self.lr, weight_decay=self.weight_decay)
-                self.metrics.update(metrics); self.metrics['time'] = self._elapsed
-                self.step += 1; self.step_in_epoch += 1
-                if self.step_in_epoch == self.steps_per_epoch:
-                    self.epoch, self.step_in_epoch, self._batches = self.epoch + 1, 0, None
-                in_step = False
-                if self._log is not None and (self.step - 1) % c.log_every == 0: self._log.write(self.metrics)
-                bar.update(1); bar.set_postfix(loss=f"{metrics['loss']:.4f}", epoch=self.metrics['epoch'], refresh=False)
-                if self.callbacks:
-                    for cb in self.callbacks: cb(self)
-                    self.method.train()   # a callback that evaluated may have left the method in eval mode
-                if self.out_dir is not None and c.checkpoint_every and self.step % c.checkpoint_every == 0: self.save()
-                # ranks agree on the reduced flag; a lone process may also stop on a request made during this step
-                if self._stop_flag or (self.world_size == 1 and self._stop_requested): raise KeyboardInterrupt
-            if self.out_dir is not None and self.last_checkpoint_step != self.step: self.save()
-            if self.out_dir is not None: self._drop_previous()    # the run is done
-        except KeyboardInterrupt:
-            if in_step:
-                last = f"step {self.last_checkpoint_step}" if self.last_checkpoint_step is not None else "none written"
-                self._print(f"interrupted in the middle of step {self.step}: no checkpoint written (the last one: {last})")
-            elif self.out_dir is not None:
-                if self.last_checkpoint_step != self.step: self.save()
-                by, command = f" by {self._stop_requested}" if self._stop_requested else '', resume_command()
-                self._print(f"interrupted{by} after step {self.step}; checkpoint {self.checkpoint_path}; continue with "
-                            + (command or f"TrainConfig(resume='auto', ...) or resume={str(self.checkpoint_path)!r}"))
-            raise
-        finally:
-            bar.close()
-            self._batches = None
-            restore_signal_handlers(handlers)
-        return self.metrics
+@patch
+def _fit(self: Trainer) -> dict[str, float]:
+    c = self.config
+    stop_at = self.total_steps if c.max_steps is None else min(self.total_steps, c.max_steps)
+    if self.step >= stop_at: return self.metrics
+    handlers = swap_signal_handlers(c.stop_signals, self._on_stop_signal)
+    bar = progress(total=stop_at, initial=self.step, desc='train', disable=None if self.rank == 0 else True)
+    in_step, self._stop_requested, self._stop_flag = False, False, False
+    self.method.train()
+    t0 = time.perf_counter() - self._elapsed
+    try:
+        while self.step < stop_at:
+            if self._batches is None: self._batches = self._start_loader()
+            in_step = True
+            metrics = self._train_step()
+            self._elapsed = time.perf_counter() - t0
+            self.metrics = dict(step=self.step, epoch=self.epoch, lr=self.lr, weight_decay=self.weight_decay)
+            self.metrics.update(metrics); self.metrics['time'] = self._elapsed
+            self.step += 1; self.step_in_epoch += 1
+            if self.step_in_epoch == self.steps_per_epoch:
+                self.epoch, self.step_in_epoch, self._batches = self.epoch + 1, 0, None
+            in_step = False
+            if self._log is not None and (self.step - 1) % c.log_every == 0: self._log.write(self.metrics)
+            bar.update(1); bar.set_postfix(loss=f"{metrics['loss']:.4f}", epoch=self.metrics['epoch'], refresh=False)
+            if self.callbacks:
+                for cb in self.callbacks: cb(self)
+                self.method.train()   # a callback that evaluated may have left the method in eval mode
+            if self.out_dir is not None and c.checkpoint_every and self.step % c.checkpoint_every == 0: self.save()
+            # ranks agree on the reduced flag; a lone process may also stop on a request made during this step
+            if self._stop_flag or (self.world_size == 1 and self._stop_requested): raise KeyboardInterrupt
+        if self.out_dir is not None and self.last_checkpoint_step != self.step: self.save()
+        if self.out_dir is not None: self._drop_previous()    # the run is done
+    except KeyboardInterrupt:
+        if in_step:
+            last = f"step {self.last_checkpoint_step}" if self.last_checkpoint_step is not None else "none written"
+            self._print(f"interrupted in the middle of step {self.step}: no checkpoint written (the last one: {last})")
+        elif self.out_dir is not None:
+            if self.last_checkpoint_step != self.step: self.save()
+            by, command = f" by {self._stop_requested}" if self._stop_requested else '', resume_command()
+            self._print(f"interrupted{by} after step {self.step}; checkpoint {self.checkpoint_path}; continue with "
+                        + (command or f"TrainConfig(resume='auto', ...) or resume={str(self.checkpoint_path)!r}"))
+        raise
+    finally:
+        bar.close()
+        self._batches = None
+        restore_signal_handlers(handlers)
+    return self.metrics
 
 # %% ../nbs/06_train.ipynb #feebd5c3
 def _smoothed(y: np.ndarray, smooth: float) -> np.ndarray:
