@@ -23,16 +23,14 @@ from .core import (FolderInUse, FolderLock, check_in, check_positive, check_rang
                            save_checkpoint, seed_everything, set_rng_state)
 from .distributed import (all_reduce_mean, barrier, convert_sync_batchnorm, get_rank, get_world_size, init_distributed,
                                   is_distributed)
-from .models import param_groups_weight_decay
+from .optim import OPTIMIZERS, cosine_schedule, ema_update, linear_schedule, make_optimizer, unwrap, weight_decay_groups
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'PRECISIONS', 'RUN_FIELDS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'cosine_schedule', 'linear_schedule',
-           'ema_update', 'weight_decay_groups', 'LARS', 'make_optimizer', 'to_device', 'epoch_batches', 'sample_seed',
+__all__ = ['PRECISIONS', 'RUN_FIELDS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'to_device', 'epoch_batches', 'sample_seed',
            'SeededSamples', 'MetricsCSV', 'read_metrics', 'first_nonfinite', 'config_changes', 'swap_signal_handlers',
            'restore_signal_handlers', 'resume_command', 'Trainer', 'plot_metrics', 'measure_training']
 
 # %% ../nbs/06_train.ipynb #971698be
-OPTIMIZERS = ('adamw', 'sgd', 'lars')
 PRECISIONS = ('32', 'bf16', 'fp16')
 
 @dataclass
@@ -93,104 +91,6 @@ class TrainConfig:
         if isinstance(self.stop_signals, str): self.stop_signals = (self.stop_signals,)
         self.stop_signals = tuple(self.stop_signals)
         for name in self.stop_signals: check_in('stop_signals', name, [s.name for s in signal.Signals])
-
-# %% ../nbs/06_train.ipynb #9c296a66
-def cosine_schedule(step: int | np.ndarray, # the step(s) to evaluate, 0-based
-                    total_steps: int, # length of the whole schedule, warm-up included
-                    start: float, # value at the end of the warm-up (the peak for a learning rate)
-                    end: float, # value the cosine decays (or rises) to
-                    warmup_steps: int = 0, # linear warm-up steps before the cosine
-                    warmup_start: float = 0.0, # value at step 0 when there is a warm-up
-                   ) -> float | np.ndarray:
-    "The value at `step` of a linear warm-up followed by a half-cosine from `start` to `end` (DINO's schedule)."
-    check_int('total_steps', total_steps); check_int('warmup_steps', warmup_steps, 0)
-    s = np.asarray(step, dtype=np.float64)
-    frac = s / (warmup_steps - 1) if warmup_steps > 1 else np.zeros_like(s)
-    warm = warmup_start + (start - warmup_start) * frac
-    p = np.clip((s - warmup_steps) / max(total_steps - warmup_steps, 1), 0, 1)
-    cos = end + 0.5 * (start - end) * (1 + np.cos(np.pi * p))
-    out = np.where(s < warmup_steps, warm, cos)
-    return float(out) if out.ndim == 0 else out
-
-def linear_schedule(step: int | float | np.ndarray, # where to evaluate (a step or an epoch)
-                    start: float, # value at 0
-                    end: float, # value from `steps` on
-                    steps: float, # length of the ramp
-                   ) -> float | np.ndarray:
-    "Linear ramp from `start` (at 0) to `end` (at `steps`), constant afterwards (DINO's teacher-temperature warm-up)."
-    s = np.asarray(step, dtype=np.float64)
-    frac = np.clip(s / steps, 0, 1) if steps > 0 else np.ones_like(s)
-    out = start + (end - start) * frac
-    return float(out) if out.ndim == 0 else out
-
-# %% ../nbs/06_train.ipynb #54b0703e
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, DistributedDataParallel) else module
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, # updated in place
-               student: nn.Module, # the network being trained (same architecture)
-               momentum: float, # m in [0, 1]: 1 keeps the teacher, 0 copies the student
-              ) -> None:
-    "Move every teacher parameter towards the student's: `t <- m * t + (1 - m) * s`."
-    check_range('momentum', momentum, 0, 1)
-    t_named, s_named = list(_unwrap(teacher).named_parameters()), list(_unwrap(student).named_parameters())
-    if len(t_named) != len(s_named) or any(a.shape != b.shape for (_, a), (_, b) in zip(t_named, s_named)):
-        bad = [(n, tuple(a.shape), tuple(b.shape)) for (n, a), (_, b) in zip(t_named, s_named) if a.shape != b.shape]
-        raise ValueError(f"teacher and student must have the same parameters: {len(t_named)} vs {len(s_named)} tensors"
-                         + (f", first shape mismatch {bad[0]}" if bad else ''))
-    t = [p for _, p in t_named]; s = [p.detach() for _, p in s_named]
-    torch._foreach_mul_(t, momentum)
-    torch._foreach_add_(t, s, alpha=1 - momentum)
-
-# %% ../nbs/06_train.ipynb #c8c9a3c4
-def weight_decay_groups(module: nn.Module, # the method (or any module)
-                        exclude_bias_and_norm: bool = True, # put 1-d parameters in a group without weight decay
-                       ) -> list[dict]:
-    "Trainable parameters split into a decayed group (`wd_scale=1`) and, optionally, biases/norms (`wd_scale=0`): `param_groups_weight_decay`'s split."
-    if exclude_bias_and_norm:
-        return [dict(params=g['params'], wd_scale=1.0 if g['name'] == 'decay' else 0.0) for g in param_groups_weight_decay(_unwrap(module), 1.0)]
-    params = [p for p in _unwrap(module).parameters() if p.requires_grad]
-    return [dict(params=params, wd_scale=1.0)] if params else []
-
-class LARS(torch.optim.Optimizer):
-    "SGD with momentum and a layer-wise trust ratio (LARS); 1-d parameters get no weight decay and no ratio."
-    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9, eta: float = 0.001):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad(): loss = closure()
-        for g in self.param_groups:
-            for p in g['params']:
-                if p.grad is None: continue
-                update = p.grad
-                if p.ndim > 1:
-                    update = update.add(p, alpha=g['weight_decay'])
-                    w_norm, u_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(update)
-                    ratio = torch.where((w_norm > 0) & (u_norm > 0), g['eta'] * w_norm / u_norm, torch.ones_like(w_norm))
-                    update = update * ratio
-                state = self.state[p]
-                if 'mu' not in state: state['mu'] = torch.zeros_like(p)
-                state['mu'].mul_(g['momentum']).add_(update)
-                p.add_(state['mu'], alpha=-g['lr'])
-        return loss
-
-def make_optimizer(param_groups: list[dict], # groups as `weight_decay_groups` returns them
-                   name: str = 'adamw', # 'adamw', 'sgd' or 'lars'
-                   lr: float = 5e-4, # initial learning rate (the trainer overwrites it every step)
-                   weight_decay: float = 0.04, # initial weight decay (likewise)
-                   momentum: float = 0.9, # SGD/LARS momentum
-                   betas: tuple[float, float] = (0.9, 0.999), # AdamW betas
-                  ) -> torch.optim.Optimizer:
-    "Build the optimiser called `name` over `param_groups`."
-    check_in('optimizer', name, OPTIMIZERS)
-    groups = [dict(g, lr=lr * g.get('lr_scale', 1.0), weight_decay=weight_decay * g.get('wd_scale', 1.0)) for g in param_groups]
-    if name == 'adamw': return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas)
-    if name == 'sgd': return torch.optim.SGD(groups, lr=lr, weight_decay=weight_decay, momentum=momentum)
-    return LARS(groups, lr=lr, weight_decay=weight_decay, momentum=momentum)
 
 # %% ../nbs/06_train.ipynb #22daa2e7
 def to_device(batch: Any, # tensors, possibly nested in lists, tuples, named tuples and dicts
