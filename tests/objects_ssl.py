@@ -5,7 +5,9 @@ same encoder at random initialisation, for several seeds: the runs behind `nbs/r
     OMP_NUM_THREADS=2 python tests/objects_ssl.py dino --seeds 0 --split val --set epochs=8 lr=1e-3   # choose settings on 'val'
 
 `--split val` fits the probes on 'train_fit' and scores on 'val' (both inside the training images: for choosing settings);
-`--split test` fits them on all of 'train' and scores on 'test' (for reporting). Pretraining always sees 'train', unlabelled.
+`--split test` fits them on all of 'train' and scores on 'test' (for reporting); `--split both` does both after each training
+run (settings are chosen on the 'val' figures alone; the 'test' figures of the chosen settings are the ones reported).
+Pretraining always sees 'train', unlabelled.
 """
 from __future__ import annotations
 import argparse, ast, copy, dataclasses, json, os, platform, shlex, sys, tempfile, time
@@ -47,30 +49,53 @@ def score(backbone, fit, query) -> dict:
     r = evaluate_representation(backbone, fit, query, ks=(20,))
     return {'knn@20': r['knn@20'], 'linear_top1': r['linear_top1']}
 
+def attention_on_object(backbone, split: str = 'test') -> dict | None:
+    "ViTs: the last block's [CLS] attention mass inside the object's mask over the mask's share (`viz.attention.attention_in_mask`), mean over images and heads."
+    if not getattr(backbone, 'is_vit', False) and not hasattr(getattr(backbone, 'model', None), 'blocks'): return None
+    from self_sup.viz.attention import attention_in_mask
+    x, _ = labelled(split); masks = object_images(split)[2]
+    backbone.eval()
+    with torch.no_grad(): maps = torch.cat([backbone.forward_features(x[i:i + 250], attention=True).attention_maps() for i in range(0, len(x), 250)])
+    ratio = attention_in_mask(maps, masks)
+    return {'mean': round(ratio.mean().item(), 3), 'per_head': [round(v, 3) for v in ratio.mean(0).tolist()],
+            'best_head': round(ratio.mean(0).max().item(), 3)}
+
 def run(method: str, seed: int, preset: str, split: str, overrides: dict) -> dict:
-    "Pretrain once and score the trained and the initial encoder."
-    fit, query = (labelled('train_fit'), labelled('val')) if split == 'val' else (labelled('train'), labelled('test'))
+    "Pretrain once and score the trained and the initial encoder (on 'test', and/or on 'val' under the key 'val')."
     config = make_config(method, seed, preset, out_dir=tempfile.mkdtemp(prefix='objects_ssl_'), **overrides)
     trainer = make_trainer(config)
     initial = copy.deepcopy(trainer.method.backbone)           # exactly the weights training starts from
     t0 = time.perf_counter(); trainer.fit(); wall = time.perf_counter() - t0
-    out = {'seed': seed, 'steps': trainer.step, 'wall_time_s': round(wall, 1), 'final_loss': float(trainer.metrics['loss']),
-           **score(trainer.method.backbone, fit, query), 'random_init': score(initial, fit, query)}
+    out = {'seed': seed, 'steps': trainer.step, 'wall_time_s': round(wall, 1), 'final_loss': float(trainer.metrics['loss'])}
+    if split in ('val', 'both'):
+        fit, query = labelled('train_fit'), labelled('val')
+        out['val'] = {**score(trainer.method.backbone, fit, query), 'random_init': score(initial, fit, query)}
+    if split in ('test', 'both'):
+        fit, query = labelled('train'), labelled('test')
+        out.update(score(trainer.method.backbone, fit, query), random_init=score(initial, fit, query))
+        attention = attention_on_object(trainer.method.backbone)
+        if attention is not None: out['attention_in_mask'] = {'trained': attention, 'random_init': attention_on_object(initial)}
+    else: out.update({k: out['val'][k] for k in ('knn@20', 'linear_top1', 'random_init')})
     out['config'] = {k: v for k, v in dataclasses.asdict(config).items() if k != 'out_dir'}
     return out
 
 def summarise(method: str, runs: list[dict], split: str, command: str) -> dict:
     "Mean and standard deviation over seeds, in the layout of `nbs/results/<method>_builtin.json`."
-    def stats(key, sub=None):
-        v = torch.tensor([(r[sub] if sub else r)[key] for r in runs], dtype=torch.float64)
+    def stats(key, sub=None, rs=runs):
+        v = torch.tensor([(r[sub] if sub else r)[key] for r in rs], dtype=torch.float64)
         return round(v.mean().item(), 2), round(v.std().item() if len(v) > 1 else 0.0, 2)
     keys = ('knn@20', 'linear_top1')
     cfg = runs[0]['config']
-    return {'method': METHODS[method], 'task': 'objects', 'split': split,
+    val = None
+    if 'val' in runs[0]:
+        vs = [r['val'] for r in runs]
+        val = {**{k: stats(k, rs=vs)[0] for k in keys}, 'std': {k: stats(k, rs=vs)[1] for k in keys},
+               'random_init': {k: stats(k, 'random_init', vs)[0] for k in keys}}
+    return {'method': METHODS[method], 'task': 'objects', 'split': 'test' if split == 'both' else split,
             'backbone': cfg.get('backbone') or f"nin (width {cfg.get('nin_width')})",
             **{k: stats(k)[0] for k in keys}, 'std': {k: stats(k)[1] for k in keys},
             'random_init': {k: stats(k, 'random_init')[0] for k in keys}, 'random_init_std': {k: stats(k, 'random_init')[1] for k in keys},
-            'seeds': [r['seed'] for r in runs], 'per_seed': [{k: r[k] for k in r if k != 'config'} for r in runs],
+            'val': val, 'seeds': [r['seed'] for r in runs], 'per_seed': [{k: r[k] for k in r if k != 'config'} for r in runs],
             'steps': runs[0]['steps'], 'epochs': cfg['epochs'], 'batch_size': cfg['batch_size'],
             'wall_time_s': round(max(r['wall_time_s'] for r in runs), 1),
             'config': cfg, 'command': command,
@@ -82,7 +107,7 @@ def main(argv=None):
     p.add_argument('method', choices=list(METHODS))
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--preset', default='objects', help="the method config's preset")
-    p.add_argument('--split', choices=['val', 'test'], default='val')
+    p.add_argument('--split', choices=['val', 'test', 'both'], default='both')
     p.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE', help='config fields (Python literals)')
     p.add_argument('--out', help='write the summary JSON here')
     a = p.parse_args(argv)
@@ -97,7 +122,7 @@ def main(argv=None):
         r = run(a.method, seed, a.preset, a.split, overrides); runs.append(r)
         print(json.dumps({k: r[k] for k in r if k != 'config'}), flush=True)
     s = summarise(a.method, runs, a.split, command)
-    print(json.dumps({k: s[k] for k in ('method', 'split', 'knn@20', 'linear_top1', 'std', 'random_init', 'random_init_std', 'wall_time_s')}), flush=True)
+    print(json.dumps({k: s[k] for k in ('method', 'split', 'knn@20', 'linear_top1', 'std', 'random_init', 'random_init_std', 'val', 'wall_time_s')}), flush=True)
     if a.out:
         with open(a.out, 'w') as f: json.dump(s, f, indent=1); f.write('\n')
 

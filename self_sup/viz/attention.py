@@ -18,7 +18,7 @@ from .core import as_display_image, check_aspect, eval_mode, overlay, panel_grid
 
 # %% auto #0
 __all__ = ['attention_mass_mask', 'plot_attention', 'overlay_mask', 'prepare_image', 'backbone_attention',
-           'plot_backbone_attention', 'plot_object_maps']
+           'plot_backbone_attention', 'attention_in_mask', 'plot_object_maps']
 
 # %% ../../nbs/42_viz.attention.ipynb #fb6811ea
 def attention_mass_mask(maps: Tensor, # attention maps [..., h, w] (non-negative)
@@ -136,6 +136,22 @@ def plot_backbone_attention(backbone, # a ViT `self_sup.models.Backbone`
     x, maps = backbone_attention(backbone, image, size, normalize_image)
     kwargs.setdefault('title', f"[CLS] attention of the last block of {backbone.name}, per head")
     return plot_attention(x, maps, normalized=False, **kwargs)
+
+# %% ../../nbs/42_viz.attention.ipynb #attn_mask_fn
+def attention_in_mask(maps: Tensor, # attention maps [B, heads, h, w] (non-negative; need not sum to 1)
+                      masks: Tensor, # object masks [B, H, W] (bool or [0, 1]), H and W multiples of h and w
+                     ) -> Tensor: # [B, heads]
+    "Share of each map's mass inside the mask, divided by the mask's share of the image (1: no preference; > 1: on the object)."
+    maps, masks = torch.as_tensor(maps).float(), torch.as_tensor(masks).float().to(torch.as_tensor(maps).device)
+    if maps.ndim != 4 or masks.ndim != 3 or masks.shape[0] != maps.shape[0]:
+        raise ValueError(f"maps must be [B, heads, h, w] and masks [B, H, W] with the same B, got {tuple(maps.shape)} and {tuple(masks.shape)}")
+    h, w = maps.shape[-2:]
+    if masks.shape[-2] % h or masks.shape[-1] % w:
+        raise ValueError(f"mask size {tuple(masks.shape[-2:])} is not a multiple of the attention grid {(h, w)}")
+    inside = F.adaptive_avg_pool2d(masks[:, None], (h, w))              # [B, 1, h, w]: the part of each patch inside the object
+    share = inside.mean((2, 3)).clamp_min(1e-12)                        # [B, 1]
+    mass = (maps * inside).sum((2, 3)) / maps.sum((2, 3)).clamp_min(1e-12)
+    return mass / share
 
 # %% ../../nbs/42_viz.attention.ipynb #1d10e2ab
 def plot_object_maps(image: PIL.Image.Image | np.ndarray | Tensor, # the image (any form `as_display_image` takes)
