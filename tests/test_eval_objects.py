@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from self_sup.data.video import DAVIS
+from self_sup.data.davis import DAVIS
 from self_sup.data.walking_tour import make_walking_tour, walking_tour
 from self_sup.eval.objects import object_crops, object_knn
 from self_sup.models import create_backbone

@@ -138,7 +138,7 @@ def test_void_in_first_mask_and_dict_outputs():
 def test_unannotated_davis_frames_are_skipped(tmp_path):
     # DAVIS marks frames without an annotation file with -1; they must be left out of J and F (as the
     # toolkit, which scores only the annotation files that exist), not scored as background
-    from self_sup.data.video import DAVIS, make_builtin_davis
+    from self_sup.data.davis import DAVIS, make_builtin_davis
     root = make_builtin_davis(tmp_path/'davis', size=(48, 64), n_frames=6)
     full = DAVIS(root, sequences=['cup-rocket'])[0]
     for stem in ('00002', '00004'): (root/'Annotations/480p/cup-rocket'/f'{stem}.png').unlink()

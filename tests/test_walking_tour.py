@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from self_sup.data.video import DAVIS, VideoClips
+from self_sup.data.video import VideoClips
+from self_sup.data.davis import DAVIS
 from self_sup.data.walking_tour import make_walking_tour, walking_tour, walking_tour_video, write_davis_sequence
 
 

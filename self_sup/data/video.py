@@ -18,11 +18,10 @@ from torchvision.ops import roi_align
 from ..core import check_positive, check_in, check_int, progress
 
 # %% auto #0
-__all__ = ['VIDEO_EXTENSIONS', 'VIDEO_BACKENDS', 'CACHE_HEADER', 'CACHE_FRAMES', 'CACHE_VERSION', 'BUILTIN_DAVIS_SEQUENCES',
-           'resized_size', 'video_backend', 'DecordReader', 'PyAVReader', 'open_video', 'read_frames', 'video_info',
-           'write_video', 'is_video_cache', 'read_cache_header', 'clip_frame_indices', 'VideoClips',
-           'default_cache_dir', 'cache_video', 'WalkingTours', 'image_to_tensor', 'zoom_pan_video', 'random_box',
-           'fake_video', 'davis_palette', 'make_builtin_davis', 'builtin_davis', 'DAVIS']
+__all__ = ['VIDEO_EXTENSIONS', 'VIDEO_BACKENDS', 'CACHE_HEADER', 'CACHE_FRAMES', 'CACHE_VERSION', 'CLIP_DTYPES', 'resized_size',
+           'video_backend', 'DecordReader', 'PyAVReader', 'open_video', 'read_frames', 'video_info', 'write_video',
+           'is_video_cache', 'read_cache_header', 'clip_frame_indices', 'VideoClips', 'default_cache_dir',
+           'cache_video', 'WalkingTours', 'image_to_tensor', 'size_pair', 'zoom_pan_video', 'random_box', 'fake_video']
 
 # %% ../../nbs/02_data.video.ipynb #37f8c3e5
 VIDEO_EXTENSIONS = ('.mp4', '.mkv', '.webm', '.mov', '.avi', '.m4v')
@@ -274,7 +273,7 @@ def clip_frame_indices(start: int, # the first frame
     return [start + i * stride for i in range(frames_per_clip)]
 
 # %% ../../nbs/02_data.video.ipynb #ce4d2537
-_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16, torch.float64)
+CLIP_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _INHERITED_HANDLES = []  # readers a forked worker inherited; kept alive on purpose (see `VideoClips._source`)
 
 class VideoClips(Dataset):
@@ -291,7 +290,7 @@ class VideoClips(Dataset):
         check_positive('frames_per_clip', frames_per_clip); check_positive('stride', stride)
         if int(frames_per_clip) != frames_per_clip or int(stride) != stride:
             raise ValueError(f"frames_per_clip and stride must be integers, got {frames_per_clip!r} and {stride!r}")
-        check_in('dtype', dtype, _DTYPES)
+        check_in('dtype', dtype, CLIP_DTYPES)
         self.path, self.frames_per_clip, self.stride = Path(path), int(frames_per_clip), int(stride)
         self.transform, self.dtype, self.num_threads = transform, dtype, num_threads
         self.cached = self.path.is_dir()
@@ -487,7 +486,8 @@ def image_to_tensor(image) -> torch.Tensor:
     if x.shape[0] != 3: raise ValueError(f"an image needs 1 or 3 channels, got {x.shape[0]}")
     return x.contiguous()
 
-def _pair(size) -> tuple[int, int]:
+def size_pair(size) -> tuple[int, int]:
+    "`size` (an int or a pair) as (height, width), each a positive integer."
     size = (size, size) if isinstance(size, int) else tuple(size)
     if len(size) != 2: raise ValueError(f"size must be an int or (height, width), got {size!r}")
     for s in size: check_positive('size', s)
@@ -501,7 +501,7 @@ def zoom_pan_video(image, # PIL image, array [H, W, C] or tensor [C, H, W]
                   ) -> torch.Tensor:
     "A clip `[T, 3, H, W]` in [0, 1] whose frame t is the crop of the box interpolated linearly from `start_box` to `end_box`."
     check_positive('n_frames', n_frames)
-    img, (h, w) = image_to_tensor(image), _pair(size)
+    img, (h, w) = image_to_tensor(image), size_pair(size)
     b0, b1 = torch.tensor(start_box, dtype=torch.float32), torch.tensor(end_box, dtype=torch.float32)
     for name, b in (('start_box', b0), ('end_box', b1)):
         if b.shape != (4,) or not (b[2] > b[0] and b[3] > b[1]): raise ValueError(f"{name} must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {b.tolist()}")
@@ -532,187 +532,6 @@ def fake_video(image, # PIL image, array [H, W, C] or tensor [C, H, W]
                generator: torch.Generator | None = None, # for reproducible clips
               ) -> torch.Tensor:
     "A smooth zoom/pan clip `[T, 3, H, W]` from one image: two random boxes, interpolated linearly over the frames (SPEC §5)."
-    img, (h, w) = image_to_tensor(image), _pair(size)
+    img, (h, w) = image_to_tensor(image), size_pair(size)
     boxes = [random_box(img.shape[1], img.shape[2], scale, w / h, generator) for _ in range(2)]
     return zoom_pan_video(img, boxes[0], boxes[1], n_frames, (h, w))
-
-# %% ../../nbs/02_data.video.ipynb #c1333cc1
-def davis_palette(n: int = 256, # number of colours (ids 0 .. n-1)
-                 ) -> np.ndarray: # uint8 [n, 3]
-    "The colours of DAVIS and PASCAL VOC masks, one RGB row per object id: 0 black, 1 (128,0,0), 2 (0,128,0), 3 (128,128,0), ..."
-    n = check_int('n', n)
-    palette = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(int(n)):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):  # spread the bits of the id over the high bits of r, g, b
-            r |= ((c >> 0) & 1) << (7 - j); g |= ((c >> 1) & 1) << (7 - j); b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette[i] = (r, g, b)
-    return palette
-
-# %% ../../nbs/02_data.video.ipynb #49d24646
-def _ellipse(h, w, cy, cx, ry, rx) -> np.ndarray:
-    y, x = np.mgrid[0:h, 0:w]
-    return ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1
-
-def _builtin_sprites() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    "Objects cut from skimage's photos: name -> (rgb [3,h,w] in [0,1], alpha [1,h,w] in {0,1})."
-    import skimage.data
-    coffee, chelsea = skimage.data.coffee(), skimage.data.chelsea()
-    cup = _ellipse(400, 600, 282, 278, 105, 202) | _ellipse(400, 600, 152, 291, 137, 119)  # saucer | cup
-    cat = _ellipse(300, 451, 160, 240, 140, 150)
-    horse = ~skimage.data.horse()  # the horse is False (black) in the picture
-    wood = np.asarray(Image.fromarray(coffee[:, 430:]).resize(horse.shape[::-1], Image.BILINEAR))
-    def sprite(rgb, mask, longest=192):  # objects are drawn at most ~100 px tall: keep sprites small
-        ys, xs = np.nonzero(mask)
-        rgb, mask = rgb[ys.min():ys.max() + 1, xs.min():xs.max() + 1], mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-        s = longest / max(mask.shape)
-        size = (round(mask.shape[1] * s), round(mask.shape[0] * s))
-        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR, reducing_gap=2.0))
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.BILINEAR)) > 127
-        return image_to_tensor(rgb), torch.from_numpy(mask).float()[None]
-    return {'cup': sprite(coffee, cup), 'cat': sprite(chelsea, cat), 'horse': sprite(wood, horse)}
-
-# name, background photo, objects (front-most last)
-BUILTIN_DAVIS_SEQUENCES = (('cup-rocket', 'rocket', ('cup',)),
-                           ('horse-cup-astronaut', 'astronaut', ('horse', 'cup')),
-                           ('cat-horse-cup-galaxy', 'hubble_deep_field', ('cat', 'horse', 'cup')))
-
-def _render_objects(frames: torch.Tensor, sprites: list, tracks: list) -> tuple[torch.Tensor, torch.Tensor]:
-    "Paste sprites on frames [T,3,H,W] along tracks (center, height, angle per frame); returns frames and label maps [T,H,W]."
-    t, _, h, w = frames.shape
-    labels = torch.zeros(t, h, w, dtype=torch.long)
-    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing='ij')
-    for k, ((rgb, alpha), (cx, cy, oh, angle)) in enumerate(zip(sprites, tracks), start=1):
-        ow = oh * rgb.shape[2] / rgb.shape[1]
-        cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
-        dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
-        u = (cos * dx + sin * dy) / (ow[:, None, None] / 2)  # rotate the frame into the object's frame
-        v = (-sin * dx + cos * dy) / (oh[:, None, None] / 2)
-        grid = torch.stack([u, v], -1)
-        rgba = F.grid_sample(torch.cat([rgb, alpha])[None].expand(t, -1, -1, -1), grid, mode='bilinear', padding_mode='zeros', align_corners=False)
-        inside = rgba[:, 3] > 0.5
-        frames = torch.where(inside[:, None], rgba[:, :3], frames)
-        labels[inside] = k
-    return frames, labels
-
-def make_builtin_davis(root: str | Path, # the folder to create (the DAVIS root)
-                       size: tuple[int, int] = (160, 288), # frame (height, width)
-                       n_frames: int = 16, # frames per sequence
-                       seed: int = 0, # everything random (paths of objects and background) follows from it
-                       resolution: str = '480p', # the resolution folder name, as in DAVIS
-                      ) -> Path:
-    "Generate the built-in sequences (objects moving over photos, with per-frame masks) in DAVIS-2017's on-disk format."
-    import skimage.data
-    h, w = _pair(size); check_positive('n_frames', n_frames)
-    if n_frames < 2: raise ValueError(f"n_frames must be at least 2 for a video, got {n_frames}")
-    root = Path(root)
-    g = torch.Generator().manual_seed(seed)
-    rand = lambda *s: torch.rand(*s, generator=g)
-    sprites, palette = _builtin_sprites(), davis_palette().ravel().tolist()
-    ts = torch.linspace(0, 1, n_frames)
-    for name, background, objects in BUILTIN_DAVIS_SEQUENCES:
-        bg = Image.fromarray(getattr(skimage.data, background)())
-        s = 2 * max(h, w) / min(bg.size)  # shrink the photo first: the crops need no more than 2x the output size
-        bg = image_to_tensor(bg.resize((round(bg.size[0] * s), round(bg.size[1] * s)), Image.BILINEAR, reducing_gap=2.0) if s < 1 else bg)
-        b0 = random_box(bg.shape[1], bg.shape[2], (0.5, 0.7), w / h, g)
-        shift = (rand(2) - 0.5) * 0.3 * torch.tensor([b0[2] - b0[0], b0[3] - b0[1]])  # a gentle pan
-        b1 = [b0[0] + shift[0], b0[1] + shift[1], b0[2] + shift[0], b0[3] + shift[1]]
-        b1 = [min(max(b1[0], 0), bg.shape[2] - (b0[2] - b0[0])), min(max(b1[1], 0), bg.shape[1] - (b0[3] - b0[1]))]
-        b1 += [b1[0] + b0[2] - b0[0], b1[1] + b0[3] - b0[1]]
-        frames = zoom_pan_video(bg, b0, b1, n_frames, (h, w))
-        k, tracks = len(objects), []
-        for j in range(k):  # objects start apart (so all are visible in frame 0) and cross each other
-            x0 = w * (j + 0.5) / k + (rand(1) - 0.5) * w * 0.1
-            x1 = w * (k - j - 0.5) / k + (rand(1) - 0.5) * w * 0.3 if k > 1 else w * (0.3 + 0.4 * rand(1))
-            y0, y1 = h * (0.35 + 0.3 * rand(1)), h * (0.35 + 0.3 * rand(1))
-            s0, s1 = h * (0.55 - 0.1 * k) * (0.9 + 0.2 * rand(1)), h * (0.55 - 0.1 * k) * (0.9 + 0.4 * rand(1))
-            a0, a1 = (rand(1) - 0.5) * 0.4, (rand(1) - 0.5) * 0.8
-            wobble = 0.04 * h * torch.sin(2 * math.pi * ts + 6 * rand(1))
-            tracks.append((x0 + (x1 - x0) * ts, y0 + (y1 - y0) * ts + wobble, s0 + (s1 - s0) * ts, a0 + (a1 - a0) * ts))
-        frames, labels = _render_objects(frames, [sprites[o] for o in objects], tracks)
-        img_dir, ann_dir = root/'JPEGImages'/resolution/name, root/'Annotations'/resolution/name
-        img_dir.mkdir(parents=True, exist_ok=True); ann_dir.mkdir(parents=True, exist_ok=True)
-        frames, labels = (frames * 255).round().byte().permute(0, 2, 3, 1).numpy(), labels.byte().numpy()
-        for i in range(n_frames):
-            Image.fromarray(frames[i]).save(img_dir/f'{i:05d}.jpg', quality=90)
-            mask = Image.fromarray(labels[i], mode='P'); mask.putpalette(palette)
-            mask.save(ann_dir/f'{i:05d}.png')
-    (root/'ImageSets'/'2017').mkdir(parents=True, exist_ok=True)
-    (root/'ImageSets'/'2017'/'val.txt').write_text(''.join(f'{name}\n' for name, _, _ in BUILTIN_DAVIS_SEQUENCES))
-    return root
-
-def builtin_davis(size: tuple[int, int] = (160, 288), # frame (height, width)
-                  n_frames: int = 16, # frames per sequence
-                  seed: int = 0, # the generation seed
-                 ) -> Path:
-    "The built-in DAVIS-format set, generated on first use under `default_cache_dir()` and reused afterwards; returns its root."
-    h, w = _pair(size)
-    root = default_cache_dir()/f'davis-builtin-v1-{h}x{w}-t{n_frames}-seed{seed}'
-    if (root/'ImageSets'/'2017'/'val.txt').is_file(): return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent/f'.{root.name}.{os.getpid()}.tmp'
-    if tmp.exists(): shutil.rmtree(tmp)
-    try:
-        make_builtin_davis(tmp, (h, w), n_frames, seed)
-        try: os.replace(tmp, root)
-        except OSError:  # another process finished first: use its copy
-            if not (root/'ImageSets'/'2017'/'val.txt').is_file(): raise
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp)
-    return root
-
-# %% ../../nbs/02_data.video.ipynb #b99c84db
-class DAVIS(Dataset):
-    "DAVIS-2017 from a local folder (real or `builtin_davis()`): item = one sequence with its frames and label maps."
-    def __init__(self,
-                 root: str | Path, # the DAVIS root (holds JPEGImages/, Annotations/, ImageSets/)
-                 split: str = 'val', # a file ImageSets/2017/<split>.txt (val, train, test-dev, ...)
-                 resolution: str = '480p', # '480p' or 'Full-Resolution'
-                 sequences: Sequence[str] | None = None, # a subset of the split's sequences, by name
-                 dtype: torch.dtype = torch.float32, # frames as torch.uint8 or a float type in [0, 1]
-                ):
-        root = Path(root)
-        if not root.is_dir(): raise FileNotFoundError(f"DAVIS root {str(root)!r} does not exist")
-        check_in('resolution', resolution, ['480p', 'Full-Resolution']); check_in('dtype', dtype, _DTYPES)
-        split_file = root/'ImageSets'/'2017'/f'{split}.txt'
-        need = [root/'JPEGImages'/resolution, root/'Annotations'/resolution, split_file]
-        missing = [str(p.relative_to(root)) for p in need if not p.exists()]
-        if missing:
-            have = sorted(p.name for p in root.iterdir())[:10]
-            splits = sorted(p.stem for p in (root/'ImageSets'/'2017').glob('*.txt')) if (root/'ImageSets'/'2017').is_dir() else []
-            raise ValueError(f"{str(root)!r} is not a DAVIS-2017 root for split={split!r}, resolution={resolution!r}: "
-                             f"missing {missing}; it holds {have}" + (f"; splits found: {splits}" if splits else ''))
-        names = [s.strip() for s in split_file.read_text().splitlines() if s.strip()]
-        if sequences is not None:
-            unknown = [s for s in sequences if s not in names]
-            if unknown: raise ValueError(f"sequences {unknown} are not in split {split!r}; it has {names}")
-            names = list(sequences)
-        absent = [n for n in names if not (root/'JPEGImages'/resolution/n).is_dir()]
-        if absent: raise ValueError(f"sequences {absent} are listed in {str(split_file)!r} but have no folder under JPEGImages/{resolution}")
-        self.root, self.split, self.resolution, self.sequences, self.dtype = root, split, resolution, names, dtype
-
-    def __len__(self) -> int: return len(self.sequences)
-
-    def __getitem__(self, index: int | str) -> dict:
-        name = index if isinstance(index, str) else self.sequences[index]
-        if name not in self.sequences: raise KeyError(f"sequence {name!r} is not in {self.sequences}")
-        img_dir, ann_dir = self.root/'JPEGImages'/self.resolution/name, self.root/'Annotations'/self.resolution/name
-        files = sorted(img_dir.glob('*.jpg'))
-        if not files: raise ValueError(f"sequence folder {str(img_dir)!r} holds no .jpg frames")
-        frames = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert('RGB')) for f in files])).permute(0, 3, 1, 2).contiguous()
-        if self.dtype != torch.uint8: frames = frames.to(self.dtype).div_(255)
-        masks = torch.full((len(files), frames.shape[2], frames.shape[3]), -1, dtype=torch.long)
-        for i, f in enumerate(files):
-            a = ann_dir/f'{f.stem}.png'
-            if not a.is_file(): continue
-            m = Image.open(a)
-            if m.mode not in ('P', 'L'): raise ValueError(f"annotation {str(a)!r} must be a palette (mode 'P') PNG of object ids, got mode {m.mode!r}")
-            m = torch.from_numpy(np.asarray(m).astype(np.int64))
-            if m.shape != masks.shape[1:]: raise ValueError(f"annotation {str(a)!r} is {tuple(m.shape)}, its frame is {tuple(masks.shape[1:])}")
-            masks[i] = m
-        first = masks[0][masks[0] > 0]
-        return dict(name=name, frame_names=[f.stem for f in files], frames=frames, masks=masks,
-                    num_objects=int(first.unique().numel()))
-
-    def __repr__(self): return f"{type(self).__name__}({str(self.root)!r}, split={self.split!r}, {len(self)} sequences)"

@@ -17,7 +17,8 @@ from torchvision.ops import roi_align
 
 from ..core import check_positive
 from .images import sample_image
-from .video import davis_palette, default_cache_dir, image_to_tensor, write_video
+from .video import default_cache_dir, image_to_tensor, write_video
+from .davis import davis_palette
 
 # %% auto #0
 __all__ = ['TOUR_OBJECTS', 'TOUR_BACKGROUNDS', 'WALKING_TOUR_SEQUENCE', 'WALKING_TOUR_VERSION', 'ellipse_mask', 'cut_out',

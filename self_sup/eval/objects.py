@@ -73,7 +73,7 @@ def object_knn(model: nn.Module | Callable, # frozen encoder: images [B, 3, size
               ) -> dict:
     "Weighted kNN top-1 (%) of object identity, labelled crops from the start of a video, test crops from later: `{'object kNN', 'chance', 'n_train', 'n_test'}`."
     if sequence is None:
-        from self_sup.data.video import DAVIS
+        from self_sup.data.davis import DAVIS
         from self_sup.data.walking_tour import walking_tour
         sequence = DAVIS(walking_tour())[0]
     frames, masks = (sequence['frames'], sequence['masks']) if isinstance(sequence, dict) else sequence

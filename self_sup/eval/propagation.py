@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import check_positive, progress
-from ..data.video import davis_palette
+from ..data.davis import davis_palette
 from ..propagation import (check_propagation_options, downsample_labels, labels_to_onehot, onehot_to_labels,
                                   propagate_labels, upsample_maps)
 
