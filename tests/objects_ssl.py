@@ -14,6 +14,7 @@ import argparse, ast, copy, dataclasses, json, os, platform, shlex, sys, tempfil
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # this checkout's self_sup, whatever is installed
 from self_sup.augment import IMAGENET_MEAN, IMAGENET_STD
 from self_sup.data.objects import object_images
 from self_sup.eval.linear import evaluate_representation

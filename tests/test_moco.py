@@ -76,7 +76,7 @@ def test_v3_loss_over_two_ranks_equals_one_process(two_ranks):
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(version='v1'), "version must be one of ['v2', 'v3'], got 'v1'"),
-    (dict(preset='gpu'), "preset must be one of ['paper', 'cpu'], got 'gpu'"),
+    (dict(preset='gpu'), "preset must be one of ['paper', 'cpu', 'objects'], got 'gpu'"),
     (dict(queue_size=0), "queue_size must be an integer >= 1 for version='v2'"),
     (dict(queue_size=2.5), 'queue_size must be an integer >= 0, got 2.5'),
     (dict(temperature=0.0), 'temperature must be a positive number, got 0.0'),
@@ -89,7 +89,7 @@ def test_v3_loss_over_two_ranks_equals_one_process(two_ranks):
     (dict(crop_scale=(0.2,)), 'crop_scale must be two numbers (low, high)'),
     (dict(optimizer='adam'), "optimizer must be one of ['adamw', 'sgd', 'lars'], got 'adam'"),
     (dict(precision='16'), "precision must be one of ['32', 'bf16', 'fp16'], got '16'"),
-    (dict(dataset='cifar'), "dataset must be one of ['imagenet', 'folder', 'digits'], got 'cifar'"),
+    (dict(dataset='cifar'), "dataset must be one of ['imagenet', 'folder', 'digits', 'objects'], got 'cifar'"),
 ])
 def test_bad_config_values_name_the_field(kwargs, message):
     with pytest.raises(ValueError) as e: MoCoConfig(**kwargs)

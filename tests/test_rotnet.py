@@ -28,7 +28,7 @@ from self_sup.train import read_metrics
     (dict(mean=(0.5, 0.5)), 'mean must be 1 or 3 numbers, got (0.5, 0.5)'),
     (dict(resize=0), 'resize must be an integer >= 1, got 0'),
     (dict(crop_padding=-4), 'crop_padding must be an integer >= 0, got -4'),
-    (dict(preset='gpu'), "preset must be one of ['paper', 'cpu'], got 'gpu'"),
+    (dict(preset='gpu'), "preset must be one of ['paper', 'cpu', 'objects'], got 'gpu'"),
 ])
 def test_bad_config(kwargs, message):
     with pytest.raises(ValueError) as e:

@@ -116,7 +116,7 @@ def test_two_process_training_equals_one_process_with_twice_the_batch(two_proces
     (dict(blur_p=1.5), 'blur_p must lie in [0, 1], got 1.5'),
     (dict(optimizer='adam'), "optimizer must be one of ['adamw', 'sgd', 'lars'], got 'adam'"),
     (dict(precision='16'), "precision must be one of ['32', 'bf16', 'fp16'], got '16'"),
-    (dict(preset='gpu'), "preset must be one of ['paper', 'cpu'], got 'gpu'"),
+    (dict(preset='gpu'), "preset must be one of ['paper', 'cpu', 'objects'], got 'gpu'"),
     (dict(crop_scale=(0.0, 1.0)), 'crop_scale must satisfy 0 < low <= high <= 1, got (0.0, 1.0)'),
     (dict(crop_scale='big'), "crop_scale must be two numbers (low, high), got 'big'"),
 ])

@@ -78,7 +78,7 @@ def test_method_with_queue_over_two_ranks_equals_one_process(two_ranks):
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(preset='huge'), "preset must be one of ['paper', 'bs256', 'cpu'], got 'huge'"),
+    (dict(preset='huge'), "preset must be one of ['paper', 'bs256', 'cpu', 'objects'], got 'huge'"),
     (dict(n_prototypes=0), 'n_prototypes must be an integer >= 1, got 0'),
     (dict(epsilon=-0.05), 'epsilon must be a positive number, got -0.05'),
     (dict(temperature=0), 'temperature must be a positive number, got 0'),
@@ -92,7 +92,7 @@ def test_method_with_queue_over_two_ranks_equals_one_process(two_ranks):
     (dict(lr=0), 'lr must be a positive number, got 0'),
     (dict(warmup_lr=-0.3), 'warmup_lr must be a non-negative number, got -0.3'),
     (dict(optimizer='adam'), "optimizer must be one of ['adamw', 'sgd', 'lars'], got 'adam'"),
-    (dict(dataset='cifar'), "dataset must be one of ['imagenet', 'folder', 'digits'], got 'cifar'"),
+    (dict(dataset='cifar'), "dataset must be one of ['imagenet', 'folder', 'digits', 'objects'], got 'cifar'"),
 ])
 def test_bad_config_values_name_the_field(kwargs, message):
     with pytest.raises(ValueError) as e: SwAVConfig(**kwargs)

@@ -92,6 +92,8 @@ DINOConfig.PRESETS = {'paper': {}, 'cpu': dict(
     patch_size=7, depth=4, drop_path_rate=0.0, out_dim=256, hidden_dim=512, bottleneck_dim=128, teacher_temp=0.04,
     warmup_teacher_temp_epochs=0, momentum_teacher=0.99, epochs=5, batch_size=128, lr=2e-3, warmup_epochs=1,
     weight_decay_end=0.1, precision='32', num_workers=1, log_every=1)}
+# 'objects': the objects task (data.objects); chosen on its 'val' split, see 92_repro.image_ssl
+DINOConfig.PRESETS['objects'] = DINOConfig.PRESETS['cpu'] | dict(dataset='objects')
 
 @dataclass
 class DINOCPUConfig(DINOConfig):

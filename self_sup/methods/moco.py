@@ -128,7 +128,9 @@ class MoCoConfig(RunConfig):
 
     PRESETS: ClassVar[dict[str, Callable]] = {   # functions of the config: the paper's values depend on `version`
         'paper': lambda c: paper_recipe(c.version),
-        'cpu': lambda c: paper_recipe(c.version) | CPU_PRESETS[c.version]}
+        'cpu': lambda c: paper_recipe(c.version) | CPU_PRESETS[c.version],
+        # the objects task (data.objects); chosen on its 'val' split, see 92_repro.image_ssl
+        'objects': lambda c: paper_recipe(c.version) | CPU_PRESETS[c.version] | dict(dataset='objects', crop_scale=(0.5, 1.0), epochs=6)}
 
     def __post_init__(self):
         super().__post_init__()   # checks `version`, sets the preset's values in the fields not given, checks the shared fields

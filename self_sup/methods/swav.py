@@ -131,6 +131,8 @@ class SwAVConfig(RunConfig):
                     blur=False, backbone='small_cnn', hidden_dim=512, out_dim=64, n_prototypes=128, epsilon=0.03, sync_batchnorm=False,
                     freeze_prototypes_niters=31, queue_length=0, epoch_queue_starts=0, epochs=10, batch_size=128, optimizer='sgd',
                     lr=0.1, final_lr=0.0, warmup_epochs=1, warmup_lr=0.0, weight_decay=1e-5, precision='32', num_workers=1, log_every=1)}
+    # 'objects': the objects task (data.objects); chosen on its 'val' split, see 92_repro.image_ssl
+    PRESETS['objects'] = PRESETS['cpu'] | dict(dataset='objects', global_scale=(0.4, 1.0), epochs=6)
 
     def __post_init__(self):
         super().__post_init__()   # the preset sets the fields not given; the shared fields are checked
