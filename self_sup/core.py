@@ -4,10 +4,10 @@
 
 # %% ../nbs/00_core.ipynb #02402e45
 from __future__ import annotations
-import os, random, re, socket, tempfile, time, zlib
+import os, random, re, shlex, signal, socket, sys, tempfile, threading, time, zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['check_positive', 'check_in', 'check_range', 'check_int', 'check_fraction_pair', 'seed_everything', 'torch_threads',
            'rng_state', 'set_rng_state', 'get_device', 'stale_temporaries', 'save_checkpoint', 'load_checkpoint',
-           'FolderInUse', 'FolderLock', 'progress']
+           'FolderInUse', 'FolderLock', 'progress', 'first_nonfinite', 'swap_signal_handlers',
+           'restore_signal_handlers', 'resume_command']
 
 # %% ../nbs/00_core.ipynb #870d53a6
 def check_positive(name: str, # the argument's name, as the user typed it
@@ -262,3 +263,41 @@ def progress(iterable: Iterable | None = None, # what to loop over
     if disable is None:
         disable = os.environ.get('SELF_SUP_PROGRESS', '1') == '0' or int(os.environ.get('RANK', 0)) != 0
     return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, **kwargs)
+
+# %% ../nbs/00_core.ipynb #37a5d61c
+def first_nonfinite(state: Any, # tensors nested in dicts, lists and tuples (a state dict, an optimiser's state)
+                    name: str = 'state', # how to call the root in the answer
+                   ) -> str | None:
+    "The name of the first floating-point tensor in `state` holding a NaN or an infinity; None when all are finite."
+    if isinstance(state, torch.Tensor):
+        return name if state.is_floating_point() and not bool(torch.isfinite(state).all()) else None
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    for key, value in items:
+        bad = first_nonfinite(value, f'{name}[{key!r}]')
+        if bad is not None: return bad
+    return None
+
+# %% ../nbs/00_core.ipynb #26669c81
+def swap_signal_handlers(names: Sequence[str], # signal names ('SIGINT', 'SIGTERM', ...); ones this platform lacks are skipped
+                         handler: Callable, # called as `handler(signum, frame)`
+                        ) -> dict:
+    "Install `handler` for each signal (only the main thread can; elsewhere nothing changes); returns the replaced handlers."
+    if threading.current_thread() is not threading.main_thread(): return {}
+    return {num: signal.signal(num, handler) for num in {getattr(signal, n) for n in names if hasattr(signal, n)}}
+
+def restore_signal_handlers(previous: dict, # what `swap_signal_handlers` returned
+                           ) -> None:
+    "Put back the handlers `swap_signal_handlers` replaced (one installed outside Python comes back as the default)."
+    for num, handler in previous.items(): signal.signal(num, signal.SIG_DFL if handler is None else handler)
+
+# %% ../nbs/00_core.ipynb #1264a121
+def resume_command(argv: Sequence[str] | None = None, # a command line; None: `sys.argv`
+                  ) -> str | None:
+    "The `self_sup` command that continues this run (`--resume auto` for any `--resume`), or None outside the command line."
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or Path(argv[0]).name not in ('self_sup', 'cli.py'): return None
+    rest, skip = [], False
+    for a in argv[1:]:
+        if not skip and a != '--resume' and not a.startswith('--resume='): rest.append(a)
+        skip = a == '--resume'
+    return shlex.join(['self_sup', *rest, '--resume', 'auto'])

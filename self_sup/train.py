@@ -19,16 +19,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from torch.nn.parallel import DistributedDataParallel
 
-from .core import (FolderInUse, FolderLock, check_in, check_positive, check_range, get_device, load_checkpoint, progress, rng_state, check_int,
-                           save_checkpoint, seed_everything, set_rng_state)
+from .core import (FolderInUse, FolderLock, check_in, check_int, check_positive, check_range, first_nonfinite, get_device,
+                           load_checkpoint, progress, restore_signal_handlers, resume_command, rng_state, save_checkpoint,
+                           seed_everything, set_rng_state, swap_signal_handlers)
 from .distributed import (all_reduce_mean, barrier, convert_sync_batchnorm, get_rank, get_world_size, init_distributed,
                                   is_distributed)
 from .optim import OPTIMIZERS, cosine_schedule, ema_update, linear_schedule, make_optimizer, unwrap, weight_decay_groups
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'RUN_FIELDS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'to_device', 'epoch_batches', 'sample_seed',
-           'SeededSamples', 'MetricsCSV', 'read_metrics', 'first_nonfinite', 'config_changes', 'swap_signal_handlers',
-           'restore_signal_handlers', 'resume_command', 'Trainer', 'plot_metrics', 'measure_training']
+           'SeededSamples', 'MetricsCSV', 'read_metrics', 'config_changes', 'Trainer', 'plot_metrics',
+           'measure_training']
 
 # %% ../nbs/06_train.ipynb #971698be
 PRECISIONS = ('32', 'bf16', 'fp16')
@@ -208,19 +209,6 @@ def read_metrics(path: str | Path, # a metrics.csv written by the trainer
     try: return {k: np.array([float(r[k]) if r.get(k) not in ('', None) else np.nan for r in rows]) for k in keys or []}
     except ValueError as e: raise ValueError(f"metrics file {str(path)!r} is damaged ({e}): repair or delete it") from None
 
-# %% ../nbs/06_train.ipynb #37a5d61c
-def first_nonfinite(state: Any, # tensors nested in dicts, lists and tuples (a state dict, an optimiser's state)
-                    name: str = 'state', # how to call the root in the answer
-                   ) -> str | None:
-    "The name of the first floating-point tensor in `state` holding a NaN or an infinity; None when all are finite."
-    if isinstance(state, torch.Tensor):
-        return name if state.is_floating_point() and not bool(torch.isfinite(state).all()) else None
-    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
-    for key, value in items:
-        bad = first_nonfinite(value, f'{name}[{key!r}]')
-        if bad is not None: return bad
-    return None
-
 # %% ../nbs/06_train.ipynb #ee0e7348
 RUN_FIELDS = ('resume', 'max_steps', 'out_dir', 'num_workers', 'log_every', 'checkpoint_every', 'stop_signals')
 
@@ -230,31 +218,6 @@ def config_changes(old: dict, # the settings a checkpoint was written with (`dat
     "The fields whose values differ, as `{name: (old, new)}`; a field only one side has (another version) is left out."
     old, new = (json.loads(json.dumps(d, default=str)) for d in (old, new))   # tuples and lists compare equal
     return {k: (old[k], new[k]) for k in new if k in old and old[k] != new[k]}
-
-# %% ../nbs/06_train.ipynb #26669c81
-def swap_signal_handlers(names: Sequence[str], # signal names ('SIGINT', 'SIGTERM', ...); ones this platform lacks are skipped
-                         handler: Callable, # called as `handler(signum, frame)`
-                        ) -> dict:
-    "Install `handler` for each signal (only the main thread can; elsewhere nothing changes); returns the replaced handlers."
-    if threading.current_thread() is not threading.main_thread(): return {}
-    return {num: signal.signal(num, handler) for num in {getattr(signal, n) for n in names if hasattr(signal, n)}}
-
-def restore_signal_handlers(previous: dict, # what `swap_signal_handlers` returned
-                           ) -> None:
-    "Put back the handlers `swap_signal_handlers` replaced (one installed outside Python comes back as the default)."
-    for num, handler in previous.items(): signal.signal(num, signal.SIG_DFL if handler is None else handler)
-
-# %% ../nbs/06_train.ipynb #1264a121
-def resume_command(argv: Sequence[str] | None = None, # a command line; None: `sys.argv`
-                  ) -> str | None:
-    "The `self_sup` command that continues this run (`--resume auto` for any `--resume`), or None outside the command line."
-    argv = list(sys.argv if argv is None else argv)
-    if not argv or Path(argv[0]).name not in ('self_sup', 'cli.py'): return None
-    rest, skip = [], False
-    for a in argv[1:]:
-        if not skip and a != '--resume' and not a.startswith('--resume='): rest.append(a)
-        skip = a == '--resume'
-    return shlex.join(['self_sup', *rest, '--resume', 'auto'])
 
 # %% ../nbs/06_train.ipynb #5fa2ff2e
 CHECKPOINT_FORMAT = 'self_sup.train'
