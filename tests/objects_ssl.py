@@ -61,7 +61,7 @@ def attention_on_object(backbone, split: str = 'test') -> dict | None:
     return {'mean': round(ratio.mean().item(), 3), 'per_head': [round(v, 3) for v in ratio.mean(0).tolist()],
             'best_head': round(ratio.mean(0).max().item(), 3)}
 
-def run(method: str, seed: int, preset: str, split: str, overrides: dict) -> dict:
+def run(method: str, seed: int, preset: str, split: str, overrides: dict, save_backbone: str | None = None) -> dict:
     "Pretrain once and score the trained and the initial encoder (on 'test', and/or on 'val' under the key 'val')."
     config = make_config(method, seed, preset, out_dir=tempfile.mkdtemp(prefix='objects_ssl_'), **overrides)
     trainer = make_trainer(config)
@@ -77,6 +77,9 @@ def run(method: str, seed: int, preset: str, split: str, overrides: dict) -> dic
         attention = attention_on_object(trainer.method.backbone)
         if attention is not None: out['attention_in_mask'] = {'trained': attention, 'random_init': attention_on_object(initial)}
     else: out.update({k: out['val'][k] for k in ('knn@20', 'linear_top1', 'random_init')})
+    if save_backbone:   # the trained encoder (DINO: the teacher's), fp16 safetensors, for pictures without retraining
+        from safetensors.torch import save_file
+        save_file({k: v.detach().half().contiguous() for k, v in trainer.method.backbone.state_dict().items()}, save_backbone)
     out['config'] = {k: v for k, v in dataclasses.asdict(config).items() if k != 'out_dir'}
     return out
 
@@ -92,7 +95,13 @@ def summarise(method: str, runs: list[dict], split: str, command: str) -> dict:
         vs = [r['val'] for r in runs]
         val = {**{k: stats(k, rs=vs)[0] for k in keys}, 'std': {k: stats(k, rs=vs)[1] for k in keys},
                'random_init': {k: stats(k, 'random_init', vs)[0] for k in keys}}
-    return {'method': METHODS[method], 'task': 'objects', 'split': 'test' if split == 'both' else split,
+    attention = None
+    if 'attention_in_mask' in runs[0]:   # ViTs: attention mass inside the object's mask / the mask's share, mean over test images and heads
+        att = [r['attention_in_mask'] for r in runs]
+        attention = {who: {'mean': round(float(torch.tensor([a[who]['mean'] for a in att]).mean()), 3),
+                           'std': round(float(torch.tensor([a[who]['mean'] for a in att]).std()) if len(att) > 1 else 0.0, 3)}
+                     for who in ('trained', 'random_init')}
+    return {'method': METHODS[method], 'task': 'objects', 'attention_in_mask': attention, 'split': 'test' if split == 'both' else split,
             'backbone': cfg.get('backbone') or f"nin (width {cfg.get('nin_width')})",
             **{k: stats(k)[0] for k in keys}, 'std': {k: stats(k)[1] for k in keys},
             'random_init': {k: stats(k, 'random_init')[0] for k in keys}, 'random_init_std': {k: stats(k, 'random_init')[1] for k in keys},
@@ -111,6 +120,7 @@ def main(argv=None):
     p.add_argument('--split', choices=['val', 'test', 'both'], default='both')
     p.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE', help='config fields (Python literals)')
     p.add_argument('--out', help='write the summary JSON here')
+    p.add_argument('--save-backbone', help="save the first seed's trained backbone here (fp16 safetensors)")
     a = p.parse_args(argv)
     overrides = {}
     for item in a.set:
@@ -120,7 +130,7 @@ def main(argv=None):
     command = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python " + shlex.join(['tests/objects_ssl.py', *(argv or sys.argv[1:])])
     runs = []
     for seed in a.seeds:
-        r = run(a.method, seed, a.preset, a.split, overrides); runs.append(r)
+        r = run(a.method, seed, a.preset, a.split, overrides, a.save_backbone if seed == a.seeds[0] else None); runs.append(r)
         print(json.dumps({k: r[k] for k in r if k != 'config'}), flush=True)
     s = summarise(a.method, runs, a.split, command)
     print(json.dumps({k: s[k] for k in ('method', 'split', 'knn@20', 'linear_top1', 'std', 'random_init', 'random_init_std', 'val', 'wall_time_s')}), flush=True)
