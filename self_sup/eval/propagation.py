@@ -14,15 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import check_positive, progress
-from ..data.davis import davis_palette
 from ..propagation import (check_propagation_options, downsample_labels, labels_to_onehot, onehot_to_labels,
                                   propagate_labels, upsample_maps)
 
 # %% auto #0
 __all__ = ['region_similarity', 'boundary_map', 'disk', 'dilate', 'boundary_tolerance', 'boundary_f_measure', 'split_objects',
            'davis_statistics', 'DavisSequenceResult', 'davis_summary', 'evaluate_davis_masks', 'video_patch_features',
-           'propagate_video_masks', 'evaluate_davis_sequence', 'evaluate_davis', 'overlay_masks', 'plot_propagation',
-           'davis_palette']
+           'propagate_video_masks', 'evaluate_davis_sequence', 'evaluate_davis']
 
 # %% ../../nbs/33_eval.propagation.ipynb #b127ec40
 def _as_bool_pair(gt: Tensor, pred: Tensor) -> tuple[Tensor, Tensor]:
@@ -314,49 +312,3 @@ def evaluate_davis(model_or_feature_fn: nn.Module | Callable, # frames [B, 3, H,
         masks = torch.as_tensor(masks)
         results.append(evaluate_davis_sequence(model_or_feature_fn, frames, masks[0], masks, name=name, **kwargs))
     return davis_summary(results), results
-
-# %% ../../nbs/33_eval.propagation.ipynb #a87e424b
-_all_ = ['davis_palette']  # re-exported: `from self_sup.eval.propagation import davis_palette` keeps working
-
-def overlay_masks(frame: Tensor, # [3, H, W] in [0, 1]
-                  mask: Tensor, # integer mask [H', W'] (resized to the frame if needed)
-                  alpha: float = 0.5, # opacity of the object colours
-                 ) -> np.ndarray: # RGB image [H, W, 3] in [0, 1]
-    "A frame with its objects painted in the DAVIS colours (background left as it is)."
-    frame = frame.detach().float().cpu().clamp(0, 1)
-    mask = torch.as_tensor(mask).cpu()
-    if tuple(mask.shape) != tuple(frame.shape[-2:]):
-        mask = F.interpolate(mask[None, None].float(), size=frame.shape[-2:], mode='nearest')[0, 0].long()
-    colours = torch.from_numpy(davis_palette()).float()[mask.long().clamp(0, 255)] / 255
-    img = frame.permute(1, 2, 0)
-    obj = (mask > 0)[..., None]
-    return torch.where(obj, (1 - alpha) * img + alpha * colours, img).numpy()
-
-def plot_propagation(frames: Tensor, # the video [T, 3, H, W] in [0, 1]
-                     masks: Tensor, # predicted integer masks [T, H', W']
-                     gt_masks: Tensor | None = None, # true masks [T, H', W'], drawn in a second row
-                     frame_ids: list[int] | None = None, # which frames to show; None: up to 6 evenly spaced
-                     alpha: float = 0.5, # opacity of the mask colours
-                     scores: DavisSequenceResult | None = None, # when given, each title shows that frame's J and F
-                    ):
-    "A figure of frames with the propagated masks (top) and, optionally, the true masks (bottom)."
-    import matplotlib.pyplot as plt
-    T = len(frames)
-    if len(masks) != T: raise ValueError(f"masks hold {len(masks)} frames but frames {T}")
-    frame_ids = list(np.unique(np.linspace(0, T - 1, min(6, T)).round().astype(int))) if frame_ids is None else list(frame_ids)
-    rows = 1 if gt_masks is None else 2
-    fig, axes = plt.subplots(rows, len(frame_ids), figsize=(2.6 * len(frame_ids), 2.2 * rows * frames.shape[-2] / frames.shape[-1] + 0.5),
-                             squeeze=False)
-    for col, t in enumerate(frame_ids):
-        axes[0, col].imshow(overlay_masks(frames[t], masks[t], alpha))
-        title = 'frame 0 (given)' if t == 0 else f'frame {t}'
-        if scores is not None and t in scores.frames:
-            i = scores.frames.index(t)
-            title += f'\nJ {scores.J[:, i].mean():.2f}  F {scores.F[:, i].mean():.2f}'
-        axes[0, col].set_title(title, fontsize=9)
-        if gt_masks is not None: axes[1, col].imshow(overlay_masks(frames[t], gt_masks[t], alpha))
-    for ax in axes.flat: ax.set_xticks([]); ax.set_yticks([])
-    axes[0, 0].set_ylabel('propagated')
-    if gt_masks is not None: axes[1, 0].set_ylabel('ground truth')
-    fig.tight_layout()
-    return fig

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..augment import denormalize
-from ..eval.propagation import davis_palette, overlay_masks
+from ..data.davis import davis_palette
 
 # %% auto #0
-__all__ = ['as_display_image', 'resize_maps', 'check_aspect', 'object_colours', 'overlay_objects', 'overlay', 'panel_grid',
-           'eval_mode']
+__all__ = ['as_display_image', 'resize_maps', 'check_aspect', 'overlay_masks', 'object_colours', 'overlay_objects', 'overlay',
+           'panel_grid', 'eval_mode']
 
 # %% ../../nbs/40_viz.core.ipynb #1a326630
 def as_display_image(image: PIL.Image.Image | np.ndarray | Tensor, # PIL image, array [H, W(, C)] or tensor [(C,) H, W]
@@ -75,6 +75,21 @@ def check_aspect(map_shape: Sequence[int], # shape of the maps, [..., h, w]
     if min(h, w, H, W) < 1 or abs((h / w) / (H / W) - 1) > tolerance:
         raise ValueError(f"{what} of {h}x{w} do not have the aspect ratio of the {H}x{W} image(s); "
                          "were they computed on another image, or on a crop of it?")
+
+# %% ../../nbs/40_viz.core.ipynb #ae2eadbd
+def overlay_masks(frame: Tensor, # [3, H, W] in [0, 1]
+                  mask: Tensor, # integer mask [H', W'] (resized to the frame if needed)
+                  alpha: float = 0.5, # opacity of the object colours
+                 ) -> np.ndarray: # RGB image [H, W, 3] in [0, 1]
+    "A frame with its objects painted in the DAVIS colours (background left as it is)."
+    frame = frame.detach().float().cpu().clamp(0, 1)
+    mask = torch.as_tensor(mask).cpu()
+    if tuple(mask.shape) != tuple(frame.shape[-2:]):
+        mask = F.interpolate(mask[None, None].float(), size=frame.shape[-2:], mode='nearest')[0, 0].long()
+    colours = torch.from_numpy(davis_palette()).float()[mask.long().clamp(0, 255)] / 255
+    img = frame.permute(1, 2, 0)
+    obj = (mask > 0)[..., None]
+    return torch.where(obj, (1 - alpha) * img + alpha * colours, img).numpy()
 
 # %% ../../nbs/40_viz.core.ipynb #48b4d094
 def object_colours(k: int, # number of objects

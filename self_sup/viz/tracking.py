@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .core import as_display_image, check_aspect, object_colours, overlay, panel_grid, resize_maps
+from .core import as_display_image, check_aspect, object_colours, overlay, overlay_masks, panel_grid, resize_maps
 
 # %% auto #0
-__all__ = ['pick_frames', 'plot_tracked_objects']
+__all__ = ['pick_frames', 'plot_tracked_objects', 'plot_propagation']
 
 # %% ../../nbs/41_viz.tracking.ipynb #74060f2c
 def pick_frames(num_frames: int, # T, frames in the clip
@@ -81,4 +81,34 @@ def plot_tracked_objects(frames: Tensor, # the clip [T, C, H, W] (in [0, 1] or I
         fig.legend(handles=[Patch(color=colours[j], label=n) for j, n in enumerate(object_names)], loc='outside lower center',
                    ncols=min(k, 6), fontsize=8, frameon=False)
     if title: fig.suptitle(title, fontsize=10)
+    return fig
+
+# %% ../../nbs/41_viz.tracking.ipynb #ca3025a5
+def plot_propagation(frames: Tensor, # the video [T, 3, H, W] in [0, 1]
+                     masks: Tensor, # predicted integer masks [T, H', W']
+                     gt_masks: Tensor | None = None, # true masks [T, H', W'], drawn in a second row
+                     frame_ids: list[int] | None = None, # which frames to show; None: up to 6 evenly spaced
+                     alpha: float = 0.5, # opacity of the mask colours
+                     scores=None, # a `self_sup.eval.propagation.DavisSequenceResult`: when given, each title shows that frame's J and F
+                    ):
+    "A figure of frames with the propagated masks (top) and, optionally, the true masks (bottom)."
+    import matplotlib.pyplot as plt
+    T = len(frames)
+    if len(masks) != T: raise ValueError(f"masks hold {len(masks)} frames but frames {T}")
+    frame_ids = list(np.unique(np.linspace(0, T - 1, min(6, T)).round().astype(int))) if frame_ids is None else list(frame_ids)
+    rows = 1 if gt_masks is None else 2
+    fig, axes = plt.subplots(rows, len(frame_ids), figsize=(2.6 * len(frame_ids), 2.2 * rows * frames.shape[-2] / frames.shape[-1] + 0.5),
+                             squeeze=False)
+    for col, t in enumerate(frame_ids):
+        axes[0, col].imshow(overlay_masks(frames[t], masks[t], alpha))
+        title = 'frame 0 (given)' if t == 0 else f'frame {t}'
+        if scores is not None and t in scores.frames:
+            i = scores.frames.index(t)
+            title += f'\nJ {scores.J[:, i].mean():.2f}  F {scores.F[:, i].mean():.2f}'
+        axes[0, col].set_title(title, fontsize=9)
+        if gt_masks is not None: axes[1, col].imshow(overlay_masks(frames[t], gt_masks[t], alpha))
+    for ax in axes.flat: ax.set_xticks([]); ax.set_yticks([])
+    axes[0, 0].set_ylabel('propagated')
+    if gt_masks is not None: axes[1, 0].set_ylabel('ground truth')
+    fig.tight_layout()
     return fig
