@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #02402e45
 from __future__ import annotations
-import os, random, re, shlex, signal, socket, sys, tempfile, threading, time, zlib
+import os, pickle, random, re, shlex, signal, socket, sys, tempfile, threading, time, warnings, zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -95,9 +95,14 @@ def torch_threads(n: int, # PyTorch CPU threads inside the block; 0 leaves the s
         if n: torch.set_num_threads(old)
 
 # %% ../nbs/00_core.ipynb #2dc61a28
+def _numpy_state() -> tuple:
+    "NumPy's legacy generator state with its key as a tensor (a checkpoint then loads with `weights_only=True`)."
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return name, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)
+
 def rng_state() -> dict:
-    "The state of every random generator the kit uses, to store in a checkpoint."
-    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    "The state of every random generator the kit uses, to store in a checkpoint (tensors, numbers and tuples only)."
+    state = {'python': random.getstate(), 'numpy': _numpy_state(), 'torch': torch.get_rng_state()}
     if torch.cuda.is_available(): state['cuda'] = torch.cuda.get_rng_state_all()
     return state
 
@@ -105,7 +110,8 @@ def set_rng_state(state: dict, # what `rng_state` returned
                  ) -> None:
     "Restore the generators from `rng_state()`, so a resumed run draws the same numbers."
     random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
+    name, key, *rest = state['numpy']   # key: a tensor (or, in checkpoints of older versions, a NumPy array)
+    np.random.set_state((name, np.asarray(key.numpy() if isinstance(key, torch.Tensor) else key, dtype=np.uint32), *rest))
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
 
@@ -191,14 +197,35 @@ def save_checkpoint(obj: Any, # anything `torch.save` accepts (usually a dict of
     return path
 
 # %% ../nbs/00_core.ipynb #8376d8b3
+# what NumPy arrays pickle to: the only non-tensor objects in the Trainer checkpoints of versions before 0.2 (NumPy's random state)
+_NUMPY_GLOBALS = {'numpy._core.multiarray._reconstruct', 'numpy.core.multiarray._reconstruct', 'numpy.ndarray', 'numpy.dtype'}
+
+def _numpy_safe_globals() -> list:
+    import numpy.dtypes
+    return [np.ndarray, np.dtype, np.dtypes.UInt32DType, getattr(np, '_core', np.core).multiarray._reconstruct]
+
 def load_checkpoint(path: str | Path, # a file written by `save_checkpoint` (or `torch.save`)
                     map_location: str | torch.device = 'cpu', # where to put the tensors
+                    trusted: bool = False, # allow arbitrary pickled objects (`weights_only=False`): only for a file you trust
                    ) -> Any:
-    "Read a checkpoint, with a clear error for a missing or unreadable file."
+    "Read a checkpoint with `torch.load(weights_only=True)` (NumPy arrays of older kit checkpoints allowed), with a clear error for a missing or unreadable file."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try: return torch.load(path, map_location=map_location, weights_only=False)
+    try: return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        if not (isinstance(e, pickle.UnpicklingError) and 'Weights only load failed' in str(e)):
+            raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(e).__name__}: {e}); is it a torch checkpoint?") from e
+    try: unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception as e: raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(e).__name__}: {e}); is it a torch checkpoint?") from e
+    if unsafe <= _NUMPY_GLOBALS:   # a checkpoint of an older version: NumPy's random state as an array
+        warnings.warn(f"{str(path)!r} holds NumPy arrays (a checkpoint written by an older version of self_sup); "
+                      "read with NumPy's array type allowed, nothing else; the next checkpoint the trainer writes holds tensors only")
+        with torch.serialization.safe_globals(_numpy_safe_globals()): return torch.load(path, map_location=map_location, weights_only=True)
+    if not trusted:
+        raise ValueError(f"checkpoint {str(path)!r} holds Python objects besides tensors ({', '.join(sorted(unsafe)[:5])}), "
+                         "which torch.load(weights_only=True) refuses; if you trust the file, pass trusted=True")
+    warnings.warn(f"{str(path)!r} holds Python objects ({', '.join(sorted(unsafe)[:5])}): loaded with weights_only=False as trusted=True asks")
+    return torch.load(path, map_location=map_location, weights_only=False)
 
 # %% ../nbs/00_core.ipynb #8e8631aa
 class FolderInUse(ValueError):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_models.ipynb #97292e36
 from __future__ import annotations
-import math
+import json, math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +19,9 @@ from torch.nn.utils.parametrizations import weight_norm
 from .core import check_positive, load_checkpoint
 
 # %% auto #0
-__all__ = ['BACKBONES', 'available_backbones', 'SmallCNN', 'BackboneOutput', 'Backbone', 'create_backbone',
-           'freeze_all_but_last_blocks', 'param_groups_weight_decay', 'LoadResult', 'load_weights', 'ProjectionMLP',
-           'DINOHead', 'LinearClassifier', 'Prototypes']
+__all__ = ['BACKBONES', 'EXPORT_METADATA_KEY', 'available_backbones', 'SmallCNN', 'BackboneOutput', 'Backbone', 'create_backbone',
+           'freeze_all_but_last_blocks', 'param_groups_weight_decay', 'LoadResult', 'load_weights', 'timm_spec',
+           'export_backbone', 'read_export_info', 'ProjectionMLP', 'DINOHead', 'LinearClassifier', 'Prototypes']
 
 # %% ../nbs/05_models.ipynb #6dbf4251
 BACKBONES: dict[str, str | None] = {
@@ -207,7 +207,7 @@ def create_backbone(name: str, # one of `available_backbones()` (or timm's full 
         raise ValueError(f"create_backbone({name!r}, pretrained={pretrained!r}): self_sup never downloads weights. "
                          f"Download them yourself and pass the local file: create_backbone({short!r}, weights='/path/to/checkpoint.pth') "
                          f"or load_weights(backbone, '/path/to/checkpoint.pth')")
-    if 'num_classes' in kwargs:
+    if kwargs.pop('num_classes', 0) != 0:   # 0 is accepted: an exported backbone's timm kwargs say it
         raise ValueError("a Backbone has no classifier (num_classes is always 0); put a LinearClassifier or a head on top")
     if short == 'small_cnn':
         unknown = set(kwargs) - {'in_chans', 'widths'}
@@ -283,7 +283,7 @@ def _read_state_dict(path: Path, checkpoint_key: str | None) -> dict[str, torch.
         from safetensors.torch import load_file
         try: obj = load_file(str(path))
         except Exception as e: raise ValueError(f"checkpoint {str(path)!r} could not be read as safetensors ({type(e).__name__}: {e})") from e
-    else: obj = load_checkpoint(path)
+    else: obj = load_checkpoint(path, trusted=True)   # a third party's file (DINO's full checkpoints pickle their argparse args); a warning names the objects
     if isinstance(obj, nn.Module): obj = obj.state_dict()
     if not isinstance(obj, Mapping):
         raise ValueError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, expected a state dict (a dict of tensors) or a dict containing one")
@@ -352,6 +352,64 @@ def load_weights(model: nn.Module, # a `Backbone` (loads into its timm model) or
     target_module.load_state_dict(matching, strict=False)
     result.loaded = list(matching)
     return result
+
+# %% ../nbs/05_models.ipynb #5dbb5d9f
+def timm_spec(backbone: Backbone, # a `Backbone` on a timm model
+             ) -> tuple[str, dict]:
+    "timm's architecture name and the keyword arguments that rebuild `backbone.model` with the same state-dict keys and shapes."
+    model = backbone.model
+    name = model.pretrained_cfg.get('architecture') if isinstance(getattr(model, 'pretrained_cfg', None), dict) else None
+    if name is None: raise ValueError(f"{backbone.name} is not a timm model (no pretrained_cfg['architecture'])")
+    kwargs = dict(in_chans=backbone.in_chans, num_classes=0)
+    if backbone.is_vit:
+        pe = model.patch_embed
+        square = lambda s: s[0] if s[0] == s[1] else list(s)
+        kwargs.update(patch_size=square(pe.patch_size), img_size=square(pe.img_size), depth=len(model.blocks),
+                      embed_dim=model.embed_dim, num_heads=backbone.num_heads)
+        if getattr(model, 'dynamic_img_size', False): kwargs['dynamic_img_size'] = True
+    with torch.device('meta'): rebuilt = timm.create_model(name, pretrained=False, **kwargs).state_dict()
+    ours = model.state_dict()
+    differ = sorted(set(ours) ^ set(rebuilt)) + [k for k in ours if k in rebuilt and ours[k].shape != rebuilt[k].shape]
+    if differ: raise ValueError(f"timm.create_model({name!r}, **{kwargs}) does not rebuild {backbone.name}: keys or shapes differ at {_few(differ)}")
+    return name, kwargs
+
+# %% ../nbs/05_models.ipynb #e0578f67
+EXPORT_METADATA_KEY = 'self_sup'   # the safetensors metadata entry that holds the export's JSON description
+
+def export_backbone(backbone: nn.Module, # a `Backbone` (timm or SmallCNN) or another encoder module
+                    path: str | Path, # the .safetensors file to write
+                    half: bool = False, # store floating-point tensors as float16 (half the size)
+                    info: dict | None = None, # more JSON-able facts for the metadata (the run, its step, ...)
+                   ) -> dict:
+    "Write `backbone`'s weights as safetensors in timm's key layout (or the kit's, for non-timm encoders); returns the metadata written."
+    from safetensors.torch import save_file
+    path = Path(path)
+    if path.suffix != '.safetensors': raise ValueError(f"the export file must end in .safetensors, got {str(path)!r}")
+    module = backbone.model if isinstance(backbone, Backbone) else backbone
+    if isinstance(backbone, Backbone) and not isinstance(module, SmallCNN):
+        name, kwargs = timm_spec(backbone)
+        meta = dict(library='timm', architecture=name, kwargs=kwargs)
+    elif isinstance(module, SmallCNN):
+        meta = dict(library='self_sup', architecture='small_cnn', kwargs=dict(in_chans=module.in_chans, widths=[m[0].out_channels for m in module.stages]))
+    else:   # e.g. RotNet's Network-In-Network: only its own class rebuilds it
+        meta = dict(library='self_sup', architecture=type(module).__name__, kwargs={}, note='not a create_backbone name: build the module yourself and load_state_dict')
+    meta.update(dtype='float16' if half else 'float32', **(info or {}))
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    save_file(state, str(tmp), metadata={'format': 'pt', EXPORT_METADATA_KEY: json.dumps(meta)})
+    tmp.replace(path)
+    return meta
+
+def read_export_info(path: str | Path, # a file `export_backbone` wrote
+                    ) -> dict:
+    "The metadata `export_backbone` stored: library, architecture, kwargs, dtype, and what the exporter added."
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"export {str(path)!r} does not exist")
+    with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
+    if EXPORT_METADATA_KEY not in meta: raise ValueError(f"{str(path)!r} has no {EXPORT_METADATA_KEY!r} metadata: it was not written by export_backbone")
+    return json.loads(meta[EXPORT_METADATA_KEY])
 
 # %% ../nbs/05_models.ipynb #c8083b6f
 class ProjectionMLP(nn.Module):

@@ -361,7 +361,7 @@ def state_dict(self: Trainer) -> dict:
     if is_distributed():
         rngs = [None] * self.world_size
         dist.all_gather_object(rngs, rng_state())
-    return dict(format=CHECKPOINT_FORMAT, version=1, step=self.step, epoch=self.epoch, step_in_epoch=self.step_in_epoch,
+    return dict(format=CHECKPOINT_FORMAT, version=2, step=self.step, epoch=self.epoch, step_in_epoch=self.step_in_epoch,
                 steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps, world_size=self.world_size,
                 global_batch=self.global_batch, method_class=type(self.method).__qualname__,
                 method=self.method.state_dict(), optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
@@ -413,7 +413,7 @@ def _last_good(self: Trainer) -> str:
     if not self.checkpoint_path.exists():
         self.last_checkpoint_step = None
         return moved + "no checkpoint that resumes was written"
-    self.last_checkpoint_step = torch.load(self.checkpoint_path, map_location='cpu', mmap=True, weights_only=False)['step']
+    self.last_checkpoint_step = load_checkpoint(self.checkpoint_path)['step']
     return moved + f"the last good checkpoint is {str(self.checkpoint_path)!r} (step {self.last_checkpoint_step})"
 
 @patch
