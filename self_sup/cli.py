@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from .core import check_positive, get_device, progress
 
 # %% auto #0
-__all__ = ['COMMANDS', 'QUIET_HELP', 'field_help', 'field_sections', 'show_default', 'add_dataclass_arguments',
+__all__ = ['ENCODER_OPTIONS', 'COMMANDS', 'QUIET_HELP', 'field_help', 'field_sections', 'show_default', 'add_dataclass_arguments',
            'dataclass_from_args', 'config_or_exit', 'EncoderConfig', 'load_encoder', 'ClassificationEvalConfig',
            'eval_knn', 'eval_linear', 'VideoEvalConfig', 'eval_davis', 'eval_dense', 'FakeVideosConfig', 'fake_videos',
-           'CacheVideoConfig', 'cache_video_command', 'commands', 'train_summary', 'train_command', 'build_parser',
-           'main', 'console']
+           'CacheVideoConfig', 'cache_video_command', 'export_run', 'export_main', 'commands', 'train_summary',
+           'train_command', 'build_parser', 'main', 'console']
 
 # %% ../nbs/51_cli.ipynb #289314b3
 def field_help(cls: type) -> dict[str, str]:
@@ -130,6 +130,7 @@ def config_or_exit(parser: argparse.ArgumentParser, # the parser that produced `
 # %% ../nbs/51_cli.ipynb #b6db252f
 @dataclass
 class EncoderConfig:
+    run: str | None = None # a `self_sup train` run folder: its method.json and checkpoint.pt give the encoder (no other encoder option needed)
     backbone: str = 'small_cnn' # a `self_sup.models` backbone name
     weights: str | None = None # a local checkpoint to load (None: random initialisation)
     checkpoint_key: str | None = None # where the state dict sits in the file, e.g. 'method' for a trainer checkpoint
@@ -147,26 +148,38 @@ class EncoderConfig:
         check_positive('batch_size', self.batch_size)
         if self.weights is not None and not Path(self.weights).is_file():
             raise FileNotFoundError(f"weights {self.weights!r} does not exist")
+        if self.run is not None:
+            if not Path(self.run).is_dir(): raise FileNotFoundError(f"run {self.run!r} is not a folder (a `self_sup train --out-dir` folder)")
+            default = {f.name: f.default for f in dataclasses.fields(self)}
+            mixed = [_option(n) for n in ENCODER_OPTIONS if getattr(self, n) != default[n]]
+            if mixed: raise ValueError(f"run rebuilds the encoder from {self.run!r}; {', '.join(mixed)} are for a plain weight file: drop them or drop --run")
+
+ENCODER_OPTIONS = ('backbone', 'weights', 'checkpoint_key', 'prefix', 'patch_size', 'depth')   # what --run replaces
 
 def load_encoder(cfg: EncoderConfig, # which backbone and weights
                 ):
     "The backbone `cfg` names, with its weights loaded, in eval mode on `cfg.device`."
+    if cfg.run is not None:
+        from self_sup.recipes import load_run
+        method, _ = load_run(cfg.run)
+        return method.backbone.eval().to(get_device(cfg.device))
     from self_sup.models import create_backbone, load_weights
     kwargs = {k: getattr(cfg, k) for k in ('patch_size', 'depth') if getattr(cfg, k) is not None}
     model = create_backbone(cfg.backbone, in_chans=3, **kwargs)
     if cfg.weights is not None: load_weights(model, cfg.weights, checkpoint_key=cfg.checkpoint_key, prefix=cfg.prefix)
     return model.eval().to(get_device(cfg.device))
 
-def _prepare(cfg: EncoderConfig):
-    "A batch transform: 3 channels, optional resize, optional ImageNet normalisation."
+def _prepare(cfg: EncoderConfig, in_chans: int = 3):
+    "A batch transform: `in_chans` channels (grey <-> colour), optional resize, optional ImageNet normalisation."
     import torch, torch.nn.functional as F
     from self_sup.augment import IMAGENET_MEAN, IMAGENET_STD
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     def prepare(x):
         x = x.float()
-        if x.shape[1] == 1: x = x.expand(-1, 3, -1, -1)
+        if x.shape[1] == 1 and in_chans == 3: x = x.expand(-1, 3, -1, -1)
         if cfg.size is not None: x = F.interpolate(x, size=(cfg.size, cfg.size), mode='bilinear', align_corners=False, antialias=True)
-        return (x - mean.to(x.device)) / std.to(x.device) if cfg.normalize else x
+        x = (x - mean.to(x.device)) / std.to(x.device) if cfg.normalize else x
+        return x.mean(1, keepdim=True) if in_chans == 1 and x.shape[1] == 3 else x
     return prepare
 
 # %% ../nbs/51_cli.ipynb #9dcb4d78
@@ -197,7 +210,7 @@ def _classification_data(cfg: ClassificationEvalConfig):
 
 def _features(cfg, data):
     from self_sup.eval.knn import extract_features
-    model, prepare = load_encoder(cfg), _prepare(cfg)
+    model = load_encoder(cfg); prepare = _prepare(cfg, getattr(model, 'in_chans', 3))
     # the model is a function of the input here (prepare, then encode): name the device it runs on
     return extract_features(lambda x: model(prepare(x)), data, batch_size=cfg.batch_size, device=next(model.parameters()).device)
 
@@ -241,7 +254,7 @@ def _davis(cfg: VideoEvalConfig):
     return DAVIS(cfg.davis if cfg.davis is not None else builtin_davis())
 
 def _patch_fn(cfg: VideoEvalConfig):
-    model, prepare = load_encoder(cfg), _prepare(cfg)
+    model = load_encoder(cfg); prepare = _prepare(cfg, getattr(model, 'in_chans', 3))
     def features(frames):
         out = model.forward_features(prepare(frames.to(next(model.parameters()).device)))
         return out.tokens, out.grid
@@ -318,6 +331,35 @@ def cache_video_command(cfg: CacheVideoConfig) -> Path:
     print(f'cache written to {out}')
     return out
 
+# %% ../nbs/51_cli.ipynb #8a8f9fb2
+def export_run(run: str | Path, # a `self_sup train` run folder
+               out: str | Path, # the .safetensors file to write
+               half: bool = False, # store float16
+              ) -> dict:
+    "Write the run's evaluated backbone as safetensors (timm's key layout) and return the metadata written."
+    from self_sup.core import load_checkpoint
+    from self_sup.models import export_backbone
+    from self_sup.recipes import load_run, read_method_json
+    method, _ = load_run(run)
+    step = int(load_checkpoint(Path(run) / 'checkpoint.pt')['step'])
+    return export_backbone(method.backbone, out, half=half, info=dict(method=read_method_json(run)['method'], step=step, run=str(run)))
+
+def export_main(argv: list[str] | None = None):
+    "`self_sup export RUN_DIR --out FILE [--half]`: print how timm loads the file; returns the metadata."
+    p = argparse.ArgumentParser(prog='self_sup export', description="write a run's evaluated backbone as safetensors in timm's key layout")
+    p.add_argument('run', help='a self_sup train run folder (method.json, checkpoint.pt)')
+    p.add_argument('--out', required=True, help='the .safetensors file to write')
+    p.add_argument('--half', action='store_true', help='store float16 tensors (half the size)')
+    args = p.parse_args(argv)
+    meta = export_run(args.run, args.out, args.half)
+    size = Path(args.out).stat().st_size / 2**20
+    if meta['library'] == 'timm':
+        kw = ', '.join(f'{k}={v!r}' for k, v in meta['kwargs'].items())
+        how = f"timm.create_model({meta['architecture']!r}, pretrained=True, pretrained_cfg_overlay=dict(file={str(args.out)!r}), {kw})"
+    else: how = f"self_sup.models.create_backbone({meta['architecture']!r}, weights={str(args.out)!r}, **{meta['kwargs']})"
+    print(f"wrote {args.out} ({size:.1f} MB, {meta['dtype']}, {meta['method']} step {meta['step']}); load it with {how}")
+    return meta
+
 # %% ../nbs/51_cli.ipynb #27baf56d
 COMMANDS: dict[str, tuple[str, str | None, str, str]] = {
     # name: (module, config class or None, function, one-line help); a config of None: the command parses its own options.
@@ -338,6 +380,7 @@ COMMANDS: dict[str, tuple[str, str | None, str, str]] = {
     'eval davis': ('self_sup.cli', 'VideoEvalConfig', 'eval_davis', 'DAVIS-2017 label propagation: J, F, J&F'),
     'fake-videos': ('self_sup.cli', 'FakeVideosConfig', 'fake_videos', 'write zoom/pan clips made from one image as mp4 files'),
     'cache-video': ('self_sup.cli', 'CacheVideoConfig', 'cache_video_command', 'decode a long video once into a fast memmap cache'),
+    'export': ('self_sup.cli', None, 'export_main', "write a run's evaluated backbone as safetensors for timm: self_sup export RUN_DIR --out FILE"),
     'bench': ('self_sup.bench.__main__', None, 'main', 'run a benchmark: self_sup bench NAME [options]'),
 }
 

@@ -4,19 +4,21 @@
 
 # %% ../nbs/06a_recipes.ipynb #b0e3964f
 from __future__ import annotations
-import dataclasses, importlib, pkgutil
+import dataclasses, importlib, json, os, pkgutil, typing, warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
 from torch import nn
 
-from .core import check_in, check_int
+from .core import check_in, check_int, load_checkpoint
 from .train import Trainer, TrainConfig
 
 # %% auto #0
-__all__ = ['RUN_FIELDS', 'RECIPES', 'RunConfig', 'apply_preset', 'trainer_options', 'check_run_fields', 'Recipe',
-           'register_recipe', 'recipes', 'get_recipe', 'recipe_of', 'make_trainer', 'train']
+__all__ = ['RUN_FIELDS', 'RECIPES', 'METHOD_JSON_FORMAT', 'RunConfig', 'apply_preset', 'trainer_options', 'check_run_fields',
+           'Recipe', 'register_recipe', 'recipes', 'get_recipe', 'recipe_of', 'make_trainer', 'train', 'config_to_dict',
+           'config_from_dict', 'write_method_json', 'RunData', 'read_method_json', 'load_run']
 
 # %% ../nbs/06a_recipes.ipynb #3aada123
 @dataclass
@@ -131,13 +133,16 @@ def recipe_of(config: RunConfig) -> Recipe:
 def make_trainer(config: RunConfig, # a registered method's config
                  callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
                 ) -> Trainer:
-    "A `Trainer` holding the method, the data and the options that `config` describes (nothing runs yet)."
+    "A `Trainer` holding the method, the data and the options that `config` describes (nothing runs yet); writes `out_dir/method.json`."
     if not isinstance(config, RunConfig): raise TypeError(f"config must be a method's config (a RunConfig), got {type(config).__name__}")
     recipe = recipe_of(config)
     data = recipe.dataset(config)
     tc = recipe.train_config(config)
     torch.manual_seed(config.seed)
-    return Trainer(recipe.method(config, data), data, tc, callbacks=callbacks)
+    trainer = Trainer(recipe.method(config, data), data, tc, callbacks=callbacks)
+    if config.out_dir is not None and int(os.environ.get('RANK', 0)) == 0:
+        write_method_json(config, Path(config.out_dir), in_chans=getattr(data, 'in_chans', None))
+    return trainer
 
 def train(config: RunConfig, # a registered method's config
           callbacks: Sequence[Callable] = (), # called as `cb(trainer)` after every step
@@ -146,3 +151,88 @@ def train(config: RunConfig, # a registered method's config
     trainer = make_trainer(config, callbacks)
     trainer.fit()
     return trainer.method
+
+# %% ../nbs/06a_recipes.ipynb #cd6d69fd
+METHOD_JSON_FORMAT = 1
+_RUN_ONLY = set(RUN_FIELDS) | {'preset'}   # fields that do not change what the network is
+
+def config_to_dict(config: RunConfig, # a method's config
+                  ) -> dict:
+    "Every field of `config` as JSON-able values (tuples become lists, paths strings)."
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+def config_from_dict(cls: type, # the config class (a recipe's `config`)
+                     values: dict, # what `config_to_dict` gave
+                    ) -> RunConfig:
+    "Rebuild a `cls` from `config_to_dict`'s output: every field counts as given (no preset refills it); unknown fields (another version) are dropped."
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    def fix(name, v):
+        tp = hints[name]
+        tps = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, getattr(__import__('types'), 'UnionType', None)) else (tp,)
+        return tuple(v) if isinstance(v, list) and any(typing.get_origin(t) is tuple or t is tuple for t in tps) else v
+    return cls(**{k: fix(k, v) for k, v in values.items() if k in fields})
+
+# %% ../nbs/06a_recipes.ipynb #f74f1736
+def write_method_json(config: RunConfig, # the run's method config
+                      out_dir: Path, # the run folder
+                      in_chans: int | None = None, # the training data's channels (what the method was built for)
+                     ) -> Path:
+    "Write `out_dir/method.json` atomically ({method, config, in_chans, format}); a changed method config on a resume warns and is kept in method_history.jsonl."
+    path = out_dir / 'method.json'
+    new = dict(method=recipe_of(config).name, config=config_to_dict(config), in_chans=in_chans, format=METHOD_JSON_FORMAT)
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old is not None and old != new:
+        if config.resume is None and (out_dir / 'checkpoint.pt').exists(): return path   # another run's folder: the trainer refuses it
+        changed = {k: (v, new['config'].get(k)) for k, v in old.get('config', {}).items()
+                   if k not in _RUN_ONLY and new['config'].get(k) != v}
+        if old.get('method') != new['method']: changed['method'] = (old.get('method'), new['method'])
+        with open(out_dir / 'method_history.jsonl', 'a') as f: f.write(json.dumps(dict(changes=changed, previous=old)) + '\n')
+        if changed and config.resume is not None:
+            warnings.warn(f"resuming with a changed method config: {', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in changed.items())} "
+                          f"(the previous method.json is kept in {str(out_dir / 'method_history.jsonl')!r})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.method.json.{os.getpid()}.tmp')
+    tmp.write_text(json.dumps(new, indent=1)); os.replace(tmp, path)
+    return path
+
+# %% ../nbs/06a_recipes.ipynb #9282d5b2
+class RunData:
+    "A stand-in for a run's training data when only its method is rebuilt: it carries `in_chans` and nothing else."
+    def __init__(self, in_chans: int | None): self.in_chans = in_chans if in_chans is not None else 3
+    def __len__(self): raise TypeError("RunData stands in for a run's training data to rebuild its method; it holds no samples")
+
+def read_method_json(run_dir: str | Path, # a run folder written by `make_trainer`
+                    ) -> dict:
+    "The run's `method.json`, checked."
+    path = Path(run_dir) / 'method.json'
+    if not Path(run_dir).is_dir(): raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist")
+    if not path.is_file(): raise FileNotFoundError(f"{str(path)!r} does not exist: the run was written by an older version or not by "
+                                                   "`self_sup train`; load its checkpoint with --weights and the architecture options")
+    meta = json.loads(path.read_text())
+    if meta.get('format') != METHOD_JSON_FORMAT: raise ValueError(f"{str(path)!r} has format {meta.get('format')!r}, this version reads {METHOD_JSON_FORMAT}")
+    return meta
+
+def load_run(run_dir: str | Path, # a run folder: method.json and checkpoint.pt
+             checkpoint: str | Path | None = None, # another checkpoint of the run (None: run_dir/checkpoint.pt)
+            ) -> tuple[nn.Module, RunConfig]:
+    "Rebuild the run's method from method.json through its recipe (no training data read) and load the checkpoint's weights; returns (method in eval mode, its config)."
+    meta = read_method_json(run_dir)
+    recipe = get_recipe(meta['method'])
+    values = dict(meta['config'])
+    if 'weights' in values: values['weights'] = None   # a pretrained start the checkpoint replaces (it may no longer be there)
+    try: config = config_from_dict(recipe.config, values)
+    except (ValueError, FileNotFoundError, OSError):   # its data or video paths may be gone: the network does not need them
+        config = recipe.config.__new__(recipe.config)
+        fields = {f.name for f in dataclasses.fields(recipe.config) if f.init}
+        for k, v in values.items():
+            if k in fields: object.__setattr__(config, k, tuple(v) if isinstance(v, list) else v)
+    ckpt_path = Path(checkpoint) if checkpoint is not None else Path(run_dir) / 'checkpoint.pt'
+    ckpt = load_checkpoint(ckpt_path)
+    if not isinstance(ckpt, dict) or 'method' not in ckpt:
+        raise ValueError(f"{str(ckpt_path)!r} is not a trainer checkpoint (no 'method' state)")
+    torch.manual_seed(config.seed)
+    method = recipe.method(config, RunData(meta.get('in_chans')))
+    try: method.load_state_dict(ckpt['method'])
+    except RuntimeError as e: raise ValueError(f"{str(ckpt_path)!r} does not fit the {recipe.name} method that method.json describes: {e}") from e
+    return method.eval(), config
