@@ -147,6 +147,12 @@ def builtin_davis(size: tuple[int, int] = (160, 288), # frame (height, width)
     return root
 
 # %% ../../nbs/02a_data.davis.ipynb #b99c84db
+def _read_frame(path: Path, sequence: str) -> np.ndarray:
+    "One RGB frame as uint8 [H, W, 3]; a damaged file is named with its sequence."
+    try:
+        with Image.open(path) as img: return np.asarray(img.convert('RGB'))
+    except OSError as e: raise ValueError(f"frame {str(path)!r} of sequence {sequence!r} cannot be read ({e}): replace or delete it") from None
+
 class DAVIS(Dataset):
     "DAVIS-2017 from a local folder (real or `builtin_davis()`): item = one sequence with its frames and label maps."
     def __init__(self,
@@ -184,8 +190,10 @@ class DAVIS(Dataset):
         img_dir, ann_dir = self.root/'JPEGImages'/self.resolution/name, self.root/'Annotations'/self.resolution/name
         files = sorted(img_dir.glob('*.jpg'))
         if not files: raise ValueError(f"sequence folder {str(img_dir)!r} holds no .jpg frames")
-        frames = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert('RGB')) for f in files])).permute(0, 3, 1, 2).contiguous()
+        frames = torch.from_numpy(np.stack([_read_frame(f, name) for f in files])).permute(0, 3, 1, 2).contiguous()
         if self.dtype != torch.uint8: frames = frames.to(self.dtype).div_(255)
+        if not (ann_dir/f'{files[0].stem}.png').is_file():   # semi-supervised DAVIS starts from the first frame's masks
+            raise ValueError(f"sequence {name!r}: its first frame has no annotation; expected {str(ann_dir/f'{files[0].stem}.png')!r}")
         masks = torch.full((len(files), frames.shape[2], frames.shape[3]), -1, dtype=torch.long)
         for i, f in enumerate(files):
             a = ann_dir/f'{f.stem}.png'

@@ -20,7 +20,7 @@ from ..propagation import (check_propagation_options, downsample_labels, labels_
 # %% auto #0
 __all__ = ['region_similarity', 'boundary_map', 'disk', 'dilate', 'boundary_tolerance', 'boundary_f_measure', 'split_objects',
            'davis_statistics', 'DavisSequenceResult', 'davis_summary', 'evaluate_davis_masks', 'video_patch_features',
-           'propagate_video_masks', 'evaluate_davis_sequence', 'evaluate_davis']
+           'propagate_video_masks', 'evaluate_davis_sequence', 'evaluate_davis', 'DavisEvaluationError']
 
 # %% ../../nbs/33_eval.propagation.ipynb #b127ec40
 def _as_bool_pair(gt: Tensor, pred: Tensor) -> tuple[Tensor, Tensor]:
@@ -303,12 +303,22 @@ def evaluate_davis(model_or_feature_fn: nn.Module | Callable, # frames [B, 3, H,
                    **kwargs, # passed on to `evaluate_davis_sequence` (n_context, radius, topk, temperature, ...)
                   ) -> tuple[dict[str, float], list[DavisSequenceResult]]: # (global table, per-sequence results)
     "Evaluate a model on a set of DAVIS-format sequences; the first mask of each is the given one."
-    results = []
-    for i, item in enumerate(progress(sequences, desc='DAVIS')):
-        if isinstance(item, dict): name, frames, masks = item.get('name', str(i)), item['frames'], item['masks']
-        elif len(item) == 3: name, frames, masks = item
-        elif len(item) == 2: (frames, masks), name = item, str(i)
-        else: raise ValueError(f"each sequence must be (name, frames, masks) or (frames, masks), got {len(item)} items")
-        masks = torch.as_tensor(masks)
-        results.append(evaluate_davis_sequence(model_or_feature_fn, frames, masks[0], masks, name=name, **kwargs))
+    results, name = [], None
+    try:
+        for i, item in enumerate(progress(sequences, desc='DAVIS')):
+            name = f'#{i}'   # until the item says its name
+            if isinstance(item, dict): name, frames, masks = item.get('name', str(i)), item['frames'], item['masks']
+            elif len(item) == 3: name, frames, masks = item
+            elif len(item) == 2: (frames, masks), name = item, str(i)
+            else: raise ValueError(f"each sequence must be (name, frames, masks) or (frames, masks), got {len(item)} items")
+            masks = torch.as_tensor(masks)
+            results.append(evaluate_davis_sequence(model_or_feature_fn, frames, masks[0], masks, name=name, **kwargs))
+    except (ValueError, RuntimeError, OSError, KeyError) as e:
+        raise DavisEvaluationError(f"sequence {name!r} failed: {e}", results) from e
     return davis_summary(results), results
+
+class DavisEvaluationError(ValueError):
+    "A sequence failed: the message names it; `results` holds the sequences finished before it (`davis_summary(e.results)`)."
+    def __init__(self, message: str, results: list):
+        super().__init__(message + (f" ({len(results)} sequences finished before it are in this error's `results`)" if results else ''))
+        self.results = results
