@@ -202,10 +202,12 @@ def test_davis_bad_files(tmp_path):
     ann = root/'Annotations/480p/cup-rocket'
     Image.open(ann/'00000.png').convert('RGB').save(ann/'00000.png')
     with pytest.raises(ValueError, match="must be a palette \\(mode 'P'\\) PNG"): DAVIS(root)['cup-rocket']
-    (ann/'00000.png').unlink()  # a frame without annotation: -1 (DAVIS test-dev annotates only frame 0)
-    (ann/'00001.png').unlink()
+    make_builtin_davis(tmp_path/'d', size=(32, 48), n_frames=3)   # written afresh
+    (ann/'00001.png').unlink()  # a later frame without annotation: -1 (DAVIS test-dev annotates only frame 0)
     seq = DAVIS(root)['cup-rocket']
-    assert (seq['masks'][:2] == -1).all() and (seq['masks'][2] >= 0).all()
+    assert (seq['masks'][1] == -1).all() and (seq['masks'][[0, 2]] >= 0).all()
+    (ann/'00000.png').unlink()  # but propagation starts from frame 0's masks: its annotation must be there
+    with pytest.raises(ValueError, match="sequence 'cup-rocket': its first frame has no annotation; expected .*00000.png"): DAVIS(root)['cup-rocket']
     shutil.rmtree(root/'JPEGImages/480p/horse-cup-astronaut')
     with pytest.raises(ValueError, match=r"sequences \['horse-cup-astronaut'\] are listed"): DAVIS(root)
     with pytest.raises(FileNotFoundError, match='does not exist'): DAVIS(tmp_path/'nope')
