@@ -114,3 +114,25 @@ def test_train_ends_with_a_summary_and_quiet_hides_progress(tmp_path):
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith('done: 2 steps in ') and 'last loss ' in last and f'outputs in {tmp_path/"run"}' in last, last
     assert 'it/s' not in out.stderr and '%|' not in out.stderr, out.stderr[-2000:]  # no progress bar
+
+
+def test_eval_run_refuses_architecture_options_and_export_loads_in_timm(tmp_path):
+    import timm, torch
+    from self_sup.models import create_backbone, read_export_info
+    from self_sup.recipes import load_run
+    run('self_sup', 'train', 'rotnet', '--preset', 'cpu', '--backbone', 'small_cnn', '--max-steps', '1', '--num-workers', '0',
+        '--out-dir', str(tmp_path / 'rot'))
+    bad = run('self_sup', 'eval', 'knn', '--run', str(tmp_path / 'rot'), '--weights', str(tmp_path / 'rot' / 'checkpoint.pt'), check=False)
+    assert bad.returncode == 2 and 'argument --run:' in bad.stderr and '--weights' in bad.stderr and 'Traceback' not in bad.stderr, bad.stderr
+    missing = run('self_sup', 'eval', 'knn', '--run', str(tmp_path / 'nope'), check=False)
+    assert missing.returncode == 2 and 'is not a folder' in missing.stderr, missing.stderr
+    out = run('self_sup', 'export', str(tmp_path / 'rot'), '--out', str(tmp_path / 'cnn.safetensors')).stdout
+    assert 'create_backbone(' in out, out
+    meta = read_export_info(tmp_path / 'cnn.safetensors')
+    assert meta['library'] == 'self_sup' and meta['architecture'] == 'small_cnn' and meta['method'] == 'rotnet'
+    method, _ = load_run(tmp_path / 'rot')
+    x = torch.rand(2, meta['kwargs']['in_chans'], 28, 28)
+    with torch.no_grad():
+        assert torch.equal(create_backbone('small_cnn', weights=tmp_path / 'cnn.safetensors', **meta['kwargs']).eval()(x), method.backbone(x))
+    bad = run('self_sup', 'export', str(tmp_path / 'rot'), '--out', str(tmp_path / 'cnn.pt'), check=False)
+    assert bad.returncode == 2 and 'must end in .safetensors' in bad.stderr, bad.stderr

@@ -267,10 +267,30 @@ def test_interrupt_mid_epoch_then_resume_is_bit_exact(tmp_path):
     cut = replace(cfg, out_dir=str(tmp_path / 'cut'), num_workers=2)
     first, trainer = _losses(Contrastive(dropout=0.2), Views(), cut, stop_at=9)   # step 9 of 18: mid epoch 1
     assert (trainer.step, trainer.epoch, trainer.step_in_epoch) == (9, 1, 3)
-    assert torch.load(tmp_path / 'cut' / 'checkpoint.pt', weights_only=False)['step'] == 9  # Ctrl-C wrote it
+    assert torch.load(tmp_path / 'cut' / 'checkpoint.pt', weights_only=True)['step'] == 9  # Ctrl-C wrote it; tensors, numbers, strings only
     rest, _ = _losses(Contrastive(dropout=0.2), Views(), replace(cut, resume='auto'))
     assert first + rest == full                      # bit for bit
     assert list(read_metrics(tmp_path / 'cut' / 'metrics.csv')['loss']) == full
+
+
+def test_checkpoint_of_an_older_version_resumes_bit_exact_with_a_note(tmp_path):
+    # versions before 2 stored NumPy's random state as an array (torch.load(weights_only=True) refuses arrays by default)
+    cfg = replace(BASE, optimizer='adamw', lr=1e-2, checkpoint_every=4)
+    full, _ = _losses(Contrastive(), Views(), replace(cfg, out_dir=str(tmp_path / 'full')))
+    cut = replace(cfg, out_dir=str(tmp_path / 'cut'))
+    first, _ = _losses(Contrastive(), Views(), cut, stop_at=9)
+    path = tmp_path / 'cut' / 'checkpoint.pt'
+    ckpt = torch.load(path, weights_only=True)
+    for state in ckpt['rng']:
+        name, key, *rest = state['numpy']
+        state['numpy'] = (name, key.numpy().astype(np.uint32), *rest)
+    ckpt['version'] = 1
+    torch.save(ckpt, path)
+    with pytest.raises(Exception): torch.load(path, weights_only=True)
+    with pytest.warns(UserWarning, match='older version of self_sup'):
+        rest, _ = _losses(Contrastive(), Views(), replace(cut, resume='auto'))
+    assert first + rest == full
+    assert torch.load(path, weights_only=True)['version'] == 2   # the run's new checkpoint is the new format
 
 
 def test_sigint_stops_after_the_step_with_a_checkpoint(tmp_path):
