@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, get_args, get_origin
 from dataclasses import dataclass
 
-from .core import check_positive, get_device, progress
+from .core import CheckpointWriteError, check_positive, get_device, progress
 
 # %% auto #0
 __all__ = ['ENCODER_OPTIONS', 'COMMANDS', 'QUIET_HELP', 'field_help', 'field_sections', 'show_default', 'add_dataclass_arguments',
@@ -478,7 +478,7 @@ def _run(command: str, cfg, rest: list[str] | None):
         if command.startswith('train ') and isinstance(cfg, RunConfig): return train_command(cfg)
         run = getattr(importlib.import_module(module), fn)
         return run(rest) if cfg is None else run(cfg)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, CheckpointWriteError) as e:
         # a bad value or path the user gave: say it in one line (SELF_SUP_DEBUG=1 shows the traceback)
         if os.environ.get('SELF_SUP_DEBUG'): raise
         print(f"self_sup {command}: error: {e}", file=sys.stderr); sys.exit(2)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #02402e45
 from __future__ import annotations
-import os, pickle, random, re, shlex, signal, socket, sys, tempfile, threading, time, warnings, zlib
+import os, pickle, random, re, shlex, shutil, signal, socket, sys, tempfile, threading, time, warnings, zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -14,10 +14,11 @@ import torch
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['check_positive', 'check_in', 'check_range', 'check_int', 'check_fraction_pair', 'seed_everything', 'torch_threads',
-           'rng_state', 'set_rng_state', 'get_device', 'stale_temporaries', 'save_checkpoint', 'load_checkpoint',
-           'FolderInUse', 'FolderLock', 'progress', 'first_nonfinite', 'swap_signal_handlers',
-           'restore_signal_handlers', 'resume_command']
+__all__ = ['check_positive', 'check_in', 'check_range', 'check_int', 'check_fraction_pair', 'check_seed', 'check_folder_path',
+           'check_image_side', 'seed_everything', 'torch_threads', 'rng_state', 'set_rng_state', 'get_device',
+           'stale_temporaries', 'CheckpointWriteError', 'save_checkpoint', 'load_checkpoint', 'FolderInUse',
+           'FolderLock', 'progress', 'first_nonfinite', 'swap_signal_handlers', 'restore_signal_handlers',
+           'resume_command']
 
 # %% ../nbs/00_core.ipynb #870d53a6
 def check_positive(name: str, # the argument's name, as the user typed it
@@ -71,6 +72,30 @@ def check_fraction_pair(name: str, # the argument's name
     except (TypeError, ValueError): raise ValueError(f"{name} must be two numbers (low, high), got {value!r}") from None
     if not 0 < lo <= hi <= 1: raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {value!r}")
     return (lo, hi)
+
+# %% ../nbs/00_core.ipynb #79694699
+def check_seed(name: str, value: int) -> int:
+    "An integer seed in [0, 2**63 - 1] (what `torch.manual_seed` takes)."
+    check_int(name, value, 0)
+    if value > 2**63 - 1: raise ValueError(f"{name} must be an integer in [0, 2**63 - 1], got {value!r}")
+    return int(value)
+
+def check_folder_path(name: str, value: str | os.PathLike) -> str:
+    "A folder path that exists as a folder or can be created (no file in the way)."
+    p = Path(value).expanduser()
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir(): raise ValueError(f"{name} {str(value)!r} cannot be a folder: {str(q)!r} is a file")
+            break
+    return str(value)
+
+def check_image_side(name: str, value: int, maximum: int = 8192) -> int:
+    "An image side in pixels, at most `maximum`; the error estimates the memory of one float32 RGB image."
+    check_int(name, value, 1)
+    if value > maximum:
+        raise ValueError(f"{name} must be at most {maximum} pixels, got {value}: one float32 RGB image of that side needs "
+                         f"{3 * value * value * 4 / 2**30:.1f} GiB")
+    return int(value)
 
 # %% ../nbs/00_core.ipynb #349ce303
 def seed_everything(seed: int, # any integer
@@ -169,6 +194,9 @@ def stale_temporaries(path: str | Path, # the checkpoint whose leftovers to look
         if gone or age > stale_after: stale.append(Path(entry.path))
     return sorted(stale)
 
+class CheckpointWriteError(OSError):
+    "A checkpoint could not be written (disk full, I/O error); the previous one is intact."
+
 def save_checkpoint(obj: Any, # anything `torch.save` accepts (usually a dict of state dicts)
                     path: str | Path, # where to write; parent folders are created
                     stale_after: float = 3600., # remove this checkpoint's temporary files left by writers that died (see `stale_temporaries`)
@@ -186,8 +214,12 @@ def save_checkpoint(obj: Any, # anything `torch.save` accepts (usually a dict of
             torch.save(obj, f)
             f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp): os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, CheckpointWriteError):   # disk full, quota, I/O error
+            free = shutil.disk_usage(path.parent).free / 2**20
+            raise CheckpointWriteError(f"could not write the checkpoint {str(path)!r} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                                       f"{free:.0f} MiB free on its disk. " + (f"The previous checkpoint there is intact." if path.exists() else '')) from e
         raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)

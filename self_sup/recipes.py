@@ -12,13 +12,14 @@ from typing import Any, Callable, ClassVar, Literal, Sequence
 import torch
 from torch import nn
 
-from .core import check_in, check_int, load_checkpoint
+from .core import check_folder_path, check_image_side, check_in, check_int, check_seed, load_checkpoint
 from .train import Trainer, TrainConfig
 
 # %% auto #0
-__all__ = ['RUN_FIELDS', 'RECIPES', 'METHOD_JSON_FORMAT', 'RunConfig', 'apply_preset', 'trainer_options', 'check_run_fields',
-           'Recipe', 'register_recipe', 'recipes', 'get_recipe', 'recipe_of', 'make_trainer', 'train', 'config_to_dict',
-           'config_from_dict', 'write_method_json', 'RunData', 'read_method_json', 'load_run']
+__all__ = ['RUN_FIELDS', 'IMAGE_SIDES', 'RECIPES', 'METHOD_JSON_FORMAT', 'RunConfig', 'apply_preset', 'trainer_options',
+           'check_run_fields', 'Recipe', 'register_recipe', 'recipes', 'get_recipe', 'recipe_of', 'make_trainer',
+           'train', 'config_to_dict', 'config_from_dict', 'write_method_json', 'RunData', 'read_method_json',
+           'load_run']
 
 # %% ../nbs/06a_recipes.ipynb #3aada123
 @dataclass
@@ -71,15 +72,20 @@ def trainer_options(config: RunConfig, # a method's config: its shared fields go
     "The `TrainConfig` of `config`: its shared run and optimisation fields, then the method's `options`."
     return TrainConfig(**({name: getattr(config, name) for name in RUN_FIELDS} | options))
 
+IMAGE_SIDES = ('image_size', 'global_size', 'local_size', 'crop_size', 'pre_size', 'cache_short_side')   # pixels, checked for every method
+
 def check_run_fields(config: RunConfig) -> None:
     "Check the shared fields (a clear error naming the field and what was expected)."
     config.precision = str(config.precision)
     check_in('precision', config.precision, ['32', 'bf16', 'fp16'])
     check_in('optimizer', config.optimizer, ['adamw', 'sgd', 'lars'])
     for name in ('epochs', 'batch_size', 'log_every'): check_int(name, getattr(config, name), 1)
-    for name in ('num_workers', 'seed', 'checkpoint_every'): check_int(name, getattr(config, name), 0)
+    for name in ('num_workers', 'checkpoint_every'): check_int(name, getattr(config, name), 0)
+    check_seed('seed', config.seed)
     if config.max_steps is not None: check_int('max_steps', config.max_steps, 1)
-    if config.out_dir is not None: config.out_dir = str(config.out_dir)
+    if config.out_dir is not None: config.out_dir = check_folder_path('out_dir', config.out_dir)
+    for name in IMAGE_SIDES:   # every method's image sides, wherever its config has them
+        if getattr(config, name, None) is not None: check_image_side(name, getattr(config, name))
 
 def _post_init(self):
     apply_preset(self); check_run_fields(self)

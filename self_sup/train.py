@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from torch.nn.parallel import DistributedDataParallel
 
-from .core import (FolderInUse, FolderLock, check_in, check_int, check_positive, check_range, first_nonfinite, get_device,
+from .core import (FolderInUse, FolderLock, check_folder_path, check_in, check_int, check_seed, check_positive, check_range, first_nonfinite, get_device,
                            load_checkpoint, progress, restore_signal_handlers, resume_command, rng_state, save_checkpoint,
                            seed_everything, set_rng_state, swap_signal_handlers)
 from .distributed import (all_reduce_mean, barrier, convert_sync_batchnorm, get_rank, get_world_size, init_distributed,
@@ -72,7 +72,8 @@ class TrainConfig:
         check_int('epochs', self.epochs); check_int('batch_size', self.batch_size)
         check_int('accumulate_steps', self.accumulate_steps); check_int('log_every', self.log_every)
         check_int('checkpoint_every', self.checkpoint_every, 0); check_int('num_workers', self.num_workers, 0)
-        check_int('seed', self.seed, 0)
+        check_seed('seed', self.seed)
+        if self.out_dir is not None: check_folder_path('out_dir', self.out_dir)
         if self.max_steps is not None: check_int('max_steps', self.max_steps)
         if self.lr_reference_batch is not None: check_int('lr_reference_batch', self.lr_reference_batch)
         check_in('optimizer', self.optimizer, OPTIMIZERS)

@@ -169,3 +169,30 @@ def test_resume_names_a_damaged_metrics_file_and_drops_a_cut_last_row(tmp_path):
     metrics.write_bytes(text.encode() + b'\x00\xff\xfegarbage\n')
     with pytest.raises(ValueError, match=f"metrics file {str(metrics)!r} is damaged"):
         _fit(Regress(), replace(cfg, resume='auto', max_steps=5))
+
+
+def test_checkpoint_write_failure_is_one_clear_error_and_keeps_the_previous(tmp_path, monkeypatch):
+    "Disk full (torch's zip writer: 'enforce fail ... unexpected pos') while writing: a CheckpointWriteError, the old file intact."
+    import torch
+    from self_sup.core import CheckpointWriteError, save_checkpoint
+    path = save_checkpoint({'w': torch.ones(3)}, tmp_path / 'checkpoint.pt')
+    before = path.read_bytes()
+    def full(obj, f): f.write(b'PK'); raise RuntimeError('[enforce fail at inline_container.cc:664] . unexpected pos 512 vs 448')
+    monkeypatch.setattr(torch, 'save', full)
+    with pytest.raises(CheckpointWriteError, match=r"could not write the checkpoint .*unexpected pos.*MiB free.*previous checkpoint there is intact"):
+        save_checkpoint({'w': torch.zeros(3)}, path)
+    assert path.read_bytes() == before and not list(tmp_path.glob('.*tmp'))
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--out-dir', '{file}/run'], "argument --out-dir: out_dir '{file}/run' cannot be a folder: '{file}' is a file"),
+    (['--seed', str(10**23)], 'argument --seed: seed must be an integer in [0, 2**63 - 1]'),
+    (['--image-size', '100000'], 'argument --image-size: image_size must be at most 8192 pixels, got 100000: one float32 RGB image of that side needs 111.8 GiB'),
+])
+def test_bad_run_values_are_one_line_errors(args, message, tmp_path, capsys):
+    from self_sup.cli import main
+    f = tmp_path / 'a_file'; f.write_text('x')
+    args = [a.replace('{file}', str(f)) for a in args]
+    with pytest.raises(SystemExit) as e: main(['train', 'simclr', '--preset', 'cpu', '--max-steps', '1', *args])
+    assert e.value.code == 2
+    assert message.replace('{file}', str(f)) in capsys.readouterr().err
