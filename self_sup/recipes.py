@@ -112,7 +112,11 @@ def register_recipe(recipe: Recipe) -> Recipe:
     "Add `recipe` to the registry (a method module calls this once); returns it."
     if not (isinstance(recipe.config, type) and issubclass(recipe.config, RunConfig)):
         raise TypeError(f"recipe {recipe.name!r}: config must be a RunConfig subclass, got {recipe.config!r}")
-    RECIPES[recipe.name] = recipe
+    known = RECIPES.get(recipe.name)
+    # a notebook re-running a method's exported cell registers its own copy of the config class: the package's entry
+    # stays in the registry (what the CLI imports by module), the notebook's class still knows its recipe (below)
+    if not (known is not None and recipe.config.__module__ == '__main__' and known.config.__module__ != '__main__'):
+        RECIPES[recipe.name] = recipe
     recipe.config._recipe = recipe   # the class knows its recipe (a subclass inherits it), wherever it was defined
     return recipe
 
