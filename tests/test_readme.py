@@ -54,6 +54,8 @@ NOT_RUN = {
     'nbdev_clean': 'development tool: rewrites the notebooks',
     'bash tests/run.sh': 'the whole suite, this test included',
     'python tests/nbcells.py': 'development tool: runs a notebook (minutes; tests/test_device_guard.py covers the guard)',
+    'python tests/docs_readme.py': 'development tool: rewrites README.md from nbs/index.ipynb (tests/test_docs.py checks it is current)',
+    'python tests/docs_preview.py': 'development tool: builds the HTML docs preview (tests/test_docs.py builds and checks it)',
     'bash tests/gpu.sh': 'GPU only',
 }
 # command prefix -> options appended (argparse: a later value wins) to make the run tiny
