@@ -52,8 +52,8 @@ def test_every_notebook_has_a_page(pages):
 
 def is_module_name(title: str, stem: str) -> bool:
     "Whether a page title is only the name of the module its notebook exports (04_sinkhorn: 'sinkhorn', 'self_sup.sinkhorn')."
-    module = re.sub(r'^\d+[a-z]?_', '', stem).lower()
-    return title.lower() in (module, f'self_sup.{module}') or bool(re.fullmatch(r'[a-z_.]+', title)) and stem != 'index'
+    module = re.sub(r'^\d+[a-z]?_', '', stem)
+    return title in (module, f'self_sup.{module}') or bool(re.fullmatch(r'[a-z_.]+', title)) and stem != 'index'
 
 
 def test_page_titles_are_human():
