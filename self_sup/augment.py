@@ -19,10 +19,10 @@ from torchvision import tv_tensors
 from .core import check_in, check_range
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'to_image_tensor', 'to_clip_tensor', 'normalize', 'denormalize', 'show_views',
-           'color_distortion', 'simclr_color_distortion', 'gaussian_blur', 'RandomGaussianBlur', 'Solarization',
-           'ViewTransform', 'SimCLRTransform', 'MultiCropTransform', 'rotations', 'MixParams', 'cutmix_box',
-           'cutmix_params', 'mixup_params', 'mix_images', 'mix_targets', 'cutmix', 'mixup']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'to_image_tensor', 'to_clip_tensor', 'normalize', 'denormalize', 'color_distortion',
+           'simclr_color_distortion', 'gaussian_blur', 'RandomGaussianBlur', 'Solarization', 'rgb_to_hsv', 'hsv_to_rgb',
+           'color_jitter_batch', 'ViewTransform', 'SimCLRTransform', 'MultiCropTransform', 'rotations', 'MixParams',
+           'cutmix_box', 'cutmix_params', 'mixup_params', 'mix_images', 'mix_targets', 'cutmix', 'mixup']
 
 # %% ../nbs/03_augment.ipynb #75d7c58c
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -109,33 +109,6 @@ def denormalize(x: Tensor, # normalised image(s) [..., C, H, W]
     "Undo `normalize` and clamp to [0, 1], for display."
     c = x.shape[-3]
     return (x.float() * _stats(std, c).to(x.device) + _stats(mean, c).to(x.device)).clamp(0, 1)
-
-# %% ../nbs/03_augment.ipynb #2e2bf590
-def show_views(views: Sequence[Tensor] | Tensor, # images [C,H,W] (or a batch [N,C,H,W]); normalised ones are denormalised
-               titles: Sequence[str] | None = None, # one title per view
-               ncols: int | None = None, # views per row (default: all in one row)
-               size: float = 2.0, # inches per view
-               normalized: bool = True, # whether the views are normalised with the ImageNet statistics
-               suptitle: str | None = None, # a title for the figure
-              ):
-    "Plot `views` side by side (shown at their relative sizes); returns the matplotlib figure."
-    import matplotlib.pyplot as plt
-    views = list(views)
-    n = len(views); ncols = ncols or n; nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False, layout='constrained')
-    biggest = max(max(v.shape[-2:]) for v in views)
-    for i, ax in enumerate(axes.flat):
-        ax.axis('off')
-        if i >= n: continue
-        v = views[i].detach().cpu()
-        v = denormalize(v) if normalized else F.to_dtype(v, torch.float32, scale=True)
-        h, w = v.shape[-2:]
-        ax.imshow(v.permute(1, 2, 0).squeeze(-1).numpy(), cmap='gray', vmin=0, vmax=1, extent=(0, w, h, 0))
-        # the same pixel scale in every panel, so that small crops look small
-        ax.set_xlim(-(biggest - w) / 2, w + (biggest - w) / 2); ax.set_ylim(h + (biggest - h) / 2, -(biggest - h) / 2)
-        if titles is not None: ax.set_title(titles[i], fontsize=9)
-    if suptitle: fig.suptitle(suptitle)
-    return fig
 
 # %% ../nbs/03_augment.ipynb #6cef3ad4
 def _check_jitter(jitter: Sequence[float]) -> tuple[float, float, float, float]:
@@ -235,6 +208,56 @@ class Solarization(v2.Transform):
         return self._call_kernel(F.solarize, inpt, threshold=self.threshold * scale)
 
     def extra_repr(self) -> str: return f'p={self.p}, threshold={self.threshold}'
+
+# %% ../nbs/03_augment.ipynb #ce72e0bf
+_GREY = torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)   # torchvision's grey weights
+
+def rgb_to_hsv(img: Tensor) -> Tensor:
+    "RGB [N, 3, H, W] in [0, 1] -> HSV, each channel in [0, 1]."
+    maxc, imax = img.max(1, keepdim=True)
+    delta = maxc - img.min(1, keepdim=True)[0]
+    diffs = img.roll(-1, 1) - img.roll(-2, 1)                       # g - b, b - r, r - g
+    h = (2 * imax + diffs.gather(1, imax) / delta.clamp_min(1e-12)) / 6
+    h = torch.where(delta > 0, torch.remainder(h, 1.0), torch.zeros_like(h))
+    return torch.cat((h, delta / maxc.clamp_min(1e-12), maxc), 1)
+
+def hsv_to_rgb(img: Tensor) -> Tensor:
+    "HSV [N, 3, H, W] -> RGB in [0, 1]."
+    h, s, v = img[:, 0:1], img[:, 1:2], img[:, 2:3]
+    k = torch.remainder(torch.tensor([5.0, 3.0, 1.0], device=img.device).view(1, 3, 1, 1) + h * 6, 6)
+    return v - v * s * torch.minimum(k, 4 - k).clamp(0, 1)
+
+def color_jitter_batch(x: Tensor, # images [N, 3, H, W] in [0, 1]
+                       brightness: Tensor, # factors [N], 1 = unchanged
+                       contrast: Tensor, # factors [N]
+                       saturation: Tensor, # factors [N]
+                       hue: Tensor, # shifts [N] in [-0.5, 0.5]
+                       order: np.ndarray | None = None, # [N, 4] permutation of (0 brightness, 1 contrast, 2 saturation, 3 hue) per image
+                      ) -> Tensor:
+    "torchvision's ColorJitter on a batch, with each image's own factors and order of operations."
+    n, x = len(x), x.clone()
+    order = np.tile(np.arange(4), (n, 1)) if order is None else np.asarray(order)
+    view = lambda f: f.to(x.dtype).view(-1, 1, 1, 1)
+    for k in range(4):
+        for op in range(4):
+            sel = order[:, k] == op
+            if not sel.any(): continue
+            idx = None if sel.all() else torch.from_numpy(np.nonzero(sel)[0])
+            y = x if idx is None else x[idx]
+            pick = (lambda f: f) if idx is None else (lambda f: f[idx])
+            if op == 0: y = (y * view(pick(brightness))).clamp(0, 1)
+            elif op == 1:
+                c = view(pick(contrast)); m = (y * _GREY.to(y)).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+                y = (c * y + (1 - c) * m).clamp(0, 1)
+            elif op == 2:
+                s = view(pick(saturation)); y = (s * y + (1 - s) * (y * _GREY.to(y)).sum(1, keepdim=True)).clamp(0, 1)
+            else:
+                hsv = rgb_to_hsv(y)
+                hsv = torch.cat((torch.remainder(hsv[:, :1] + view(pick(hue)), 1.0), hsv[:, 1:]), 1)
+                y = hsv_to_rgb(hsv)
+            if idx is None: x = y
+            else: x[idx] = y
+    return x
 
 # %% ../nbs/03_augment.ipynb #8e8612aa
 _INTERPOLATIONS = {'bilinear': v2.InterpolationMode.BILINEAR, 'bicubic': v2.InterpolationMode.BICUBIC,

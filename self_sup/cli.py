@@ -45,12 +45,15 @@ def _class_sections(klass: type) -> list[tuple[str, str | None]]:
 
 def field_sections(cls: type, # a dataclass whose body marks sections with comment lines (`# data`, `# optimisation`)
                   ) -> dict[str, str | None]:
-    "The section of each field of dataclass `cls` (None: above any section), ordered as shown: no section, then the class's own sections, then its bases'."
+    "The section of each field of dataclass `cls` (None: above any section), ordered as shown: no section, data and views, the other sections (the class's own, then its bases'), optimisation and running last."
     mro = [k for k in cls.__mro__ if dataclasses.is_dataclass(k)]
     section_of, order = {}, [None]
     for klass in reversed(mro): section_of.update(_class_sections(klass))  # a subclass's declaration wins
     for klass in mro: order += [s for _, s in _class_sections(klass) if s not in order]
-    return dict(sorted(section_of.items(), key=lambda kv: order.index(kv[1])))
+    rank = lambda s: (0 if s is None else 1 if s == 'data' else 2 if s == 'views' else 4 if s in _LAST_SECTIONS else 3, order.index(s))
+    return dict(sorted(section_of.items(), key=lambda kv: rank(kv[1])))
+
+_LAST_SECTIONS = ('optimisation', 'running')   # the shared run fields: after what makes each method what it is
 
 # %% ../nbs/51_cli.ipynb #d62e70b8
 def show_default(value: Any, # a field's default

@@ -12,14 +12,18 @@ from typing import Any, Callable, ClassVar, Literal, Sequence
 import torch
 from torch import nn
 
-from .core import check_folder_path, check_image_side, check_in, check_int, check_seed, load_checkpoint
+from .core import (check_folder_path, check_fraction_pair, check_image_side, check_in, check_int, check_seed,
+                           load_checkpoint)
+from .data.images import pretraining_images
+from .eval.knn import PROBE_DATASETS, online_knn_probe
+from .models import create_backbone
 from .train import Trainer, TrainConfig
 
 # %% auto #0
-__all__ = ['RUN_FIELDS', 'IMAGE_SIDES', 'RECIPES', 'METHOD_JSON_FORMAT', 'RunConfig', 'apply_preset', 'trainer_options',
-           'check_run_fields', 'Recipe', 'register_recipe', 'recipes', 'get_recipe', 'recipe_of', 'make_trainer',
-           'train', 'config_to_dict', 'config_from_dict', 'write_method_json', 'RunData', 'read_method_json',
-           'load_run']
+__all__ = ['RUN_FIELDS', 'IMAGE_SIDES', 'RECIPES', 'MULTICROP_DATASETS', 'METHOD_JSON_FORMAT', 'RunConfig', 'apply_preset',
+           'trainer_options', 'check_run_fields', 'Recipe', 'register_recipe', 'recipes', 'get_recipe', 'recipe_of',
+           'make_trainer', 'train', 'image_dataset', 'backbone_from_config', 'MultiCropConfig', 'config_to_dict',
+           'config_from_dict', 'write_method_json', 'RunData', 'read_method_json', 'load_run']
 
 # %% ../nbs/06a_recipes.ipynb #3aada123
 @dataclass
@@ -42,6 +46,8 @@ class RunConfig:
     max_steps: int | None = None # stop after this many optimiser steps (the schedules still span `epochs`)
     checkpoint_every: int = 1000 # steps between checkpoints (0: only at the end and on interruption)
     log_every: int = 10 # steps between rows of metrics.csv
+    probe_every: int = 0 # steps between online kNN@20 probes of the encoder on the built-in test split (dataset 'digits' or 'objects'; 0: never)
+    tensorboard: bool = False # also log the metrics to out_dir/tensorboard (needs the tensorboard package)
 
     PRESETS: ClassVar[dict[str, dict | Callable]] = {'paper': {}} # name -> {field: value}, or a function of the config giving one
 
@@ -64,7 +70,7 @@ def apply_preset(config: RunConfig) -> None:
         if name not in given: setattr(config, name, value)
 
 RUN_FIELDS = ('epochs', 'batch_size', 'optimizer', 'lr', 'weight_decay', 'precision', 'device', 'num_workers', 'seed', 'out_dir',
-              'resume', 'max_steps', 'checkpoint_every', 'log_every')   # the shared fields the Trainer takes as they are
+              'resume', 'max_steps', 'checkpoint_every', 'log_every', 'probe_every', 'tensorboard')   # the shared fields the Trainer takes as they are
 
 def trainer_options(config: RunConfig, # a method's config: its shared fields go to the trainer as they are
                     **options, # the method's own trainer options (schedule, clipping, ...); they win over the shared fields
@@ -80,7 +86,10 @@ def check_run_fields(config: RunConfig) -> None:
     check_in('precision', config.precision, ['32', 'bf16', 'fp16'])
     check_in('optimizer', config.optimizer, ['adamw', 'sgd', 'lars'])
     for name in ('epochs', 'batch_size', 'log_every'): check_int(name, getattr(config, name), 1)
-    for name in ('num_workers', 'checkpoint_every'): check_int(name, getattr(config, name), 0)
+    for name in ('num_workers', 'checkpoint_every', 'probe_every'): check_int(name, getattr(config, name), 0)
+    if config.probe_every and getattr(config, 'dataset', None) not in PROBE_DATASETS:
+        what = f"dataset={config.dataset!r}" if hasattr(config, 'dataset') else f"{type(config).__name__}, which has no image dataset"
+        raise ValueError(f"probe_every needs a built-in labelled test split (dataset {' or '.join(map(repr, PROBE_DATASETS))}); got {what}")
     check_seed('seed', config.seed)
     if config.max_steps is not None: check_int('max_steps', config.max_steps, 1)
     if config.out_dir is not None: config.out_dir = check_folder_path('out_dir', config.out_dir)
@@ -149,7 +158,8 @@ def make_trainer(config: RunConfig, # a registered method's config
     data = recipe.dataset(config)
     tc = recipe.train_config(config)
     torch.manual_seed(config.seed)
-    trainer = Trainer(recipe.method(config, data), data, tc, callbacks=callbacks)
+    probe = online_knn_probe(config.dataset, mean=getattr(config, 'mean', None), std=getattr(config, 'std', None)) if config.probe_every else None
+    trainer = Trainer(recipe.method(config, data), data, tc, callbacks=callbacks, probe=probe)
     if config.out_dir is not None and int(os.environ.get('RANK', 0)) == 0:
         write_method_json(config, Path(config.out_dir), in_chans=getattr(data, 'in_chans', None))
     return trainer
@@ -161,6 +171,49 @@ def train(config: RunConfig, # a registered method's config
     trainer = make_trainer(config, callbacks)
     trainer.fit()
     return trainer.method
+
+# %% ../nbs/06a_recipes.ipynb #bf475656
+def image_dataset(config: RunConfig, # a config with `dataset` and `data_path`
+                  transform: Callable, # image -> views
+                  split: str = 'train', # 'train' or a held-out split ('test', 'val': see `pretraining_images`)
+                 ):
+    "The images of `config.dataset` (`config.data_path` for the ones on disk), each item `(transform(image), label)`."
+    return pretraining_images(config.dataset, config.data_path, split, transform)
+
+def backbone_from_config(config: RunConfig, # a config with `backbone`
+                         img_size: int, # the side of the images the network sees (ViTs size their position embedding to it)
+                         in_chans: int = 3, # image channels
+                         **vit_options, # ViTs only: more `create_backbone` options (None values are left out)
+                        ) -> nn.Module:
+    "`create_backbone(config.backbone)`; a ViT also gets `img_size` and `vit_options`."
+    kwargs = dict(in_chans=in_chans)
+    if config.backbone.startswith('vit'): kwargs.update(img_size=img_size, **{k: v for k, v in vit_options.items() if v is not None})
+    return create_backbone(config.backbone, **kwargs)
+
+# %% ../nbs/06a_recipes.ipynb #0acc521b
+MULTICROP_DATASETS = ('imagenet', 'folder', 'digits', 'objects')
+
+@dataclass
+class MultiCropConfig(RunConfig):
+    "The data and view fields of the multi-crop image methods (SwAV, DINO); the defaults are DINO's."
+    # data
+    dataset: Literal['imagenet', 'folder', 'digits', 'objects'] = 'imagenet' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*), 'digits' (built-in digits on photos) or 'objects' (built-in digits on independent backgrounds)
+    data_path: str | None = None # the dataset's root folder ('imagenet', 'folder')
+    # views
+    global_size: int = 224 # side of the 2 global crops, pixels
+    global_scale: tuple[float, float] = (0.4, 1.0) # area fraction of a global crop
+    n_local: int = 8 # number of local crops
+    local_size: int = 96 # side of a local crop, pixels
+    local_scale: tuple[float, float] = (0.05, 0.4) # area fraction of a local crop
+
+    def __post_init__(self):
+        super().__post_init__()   # the preset fills the fields not given, the shared fields are checked
+        check_in('dataset', self.dataset, MULTICROP_DATASETS)
+        for name in ('global_size', 'local_size'): check_int(name, getattr(self, name), 1)
+        check_int('n_local', self.n_local, 0)
+        self.global_scale = check_fraction_pair('global_scale', self.global_scale)
+        self.local_scale = check_fraction_pair('local_scale', self.local_scale)
+        if self.data_path is not None and not isinstance(self.data_path, str): self.data_path = str(self.data_path)
 
 # %% ../nbs/06a_recipes.ipynb #cd6d69fd
 METHOD_JSON_FORMAT = 1

@@ -5,16 +5,66 @@
 # %% ../nbs/08a_teacher_student.ipynb #132097d7
 from __future__ import annotations
 import copy
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from .core import check_positive, check_range
+from .core import check_int, check_positive, check_range
 from .models import Backbone
+from .recipes import RunConfig
 from .train import ema_update, linear_schedule, weight_decay_groups
 
 # %% auto #0
-__all__ = ['teacher_copy', 'EMATeacherStudent']
+__all__ = ['TeacherStudentConfig', 'teacher_copy', 'EMATeacherStudent']
+
+# %% ../nbs/08a_teacher_student.ipynb #62d16fef
+@dataclass
+class TeacherStudentConfig(RunConfig):
+    "The fields DINO-style methods share: the ViT and its head, the teacher, and DINO's optimisation (defaults: DINO's ViT-S/16 run)."
+    # networks
+    backbone: str = 'vit_small_patch16' # a `self_sup.models` backbone name (DoRA: a ViT)
+    patch_size: int | None = None # ViTs: override the patch size (4 for 32-pixel images); None: the backbone's own
+    depth: int | None = None # ViTs: override the number of blocks; None: the backbone's own
+    drop_path_rate: float = 0.1 # stochastic depth of the student (ViTs)
+    out_dim: int = 65536 # K, output dimension of the head
+    hidden_dim: int = 2048 # head MLP width
+    bottleneck_dim: int = 256 # head bottleneck before the weight-normalised last layer
+    norm_last_layer: bool = False # fix the last layer's weight-norm gains to 1 (True is more stable; the vanilla recipe)
+    # loss and teacher
+    teacher_temp: float = 0.07 # teacher temperature after the warm-up
+    warmup_teacher_temp: float = 0.04 # teacher temperature at the start
+    warmup_teacher_temp_epochs: int = 30 # epochs of the linear teacher-temperature warm-up
+    student_temp: float = 0.1 # student temperature
+    center_momentum: float = 0.9 # momentum of the teacher centre (1.0 switches centering off)
+    momentum_teacher: float = 0.996 # EMA momentum at the start (cosine to 1)
+    # optimisation (the shared fields whose paper value differs from RunConfig's, and the teacher-student methods' own)
+    lr: float = 5e-4 # peak learning rate for a global batch of 256 (scaled linearly with the global batch)
+    min_lr: float = 1e-6 # learning rate at the end of the cosine
+    warmup_epochs: float = 10 # linear learning-rate warm-up, epochs
+    weight_decay_end: float = 0.4 # weight decay at the end (cosine; `weight_decay` is the start)
+    clip_grad: float = 3.0 # clip each parameter's gradient norm to this (0: no clipping)
+    freeze_last_layer: int = 1 # epochs during which the head's last layer is not updated
+    precision: Literal['32', 'bf16', 'fp16'] = 'bf16' # '32', 'bf16' (CPU or GPU) or 'fp16' (GPU)
+    # running
+    num_workers: int = 10 # DataLoader workers per process
+
+    def __post_init__(self):
+        super().__post_init__()   # the preset fills the fields not given, the shared fields are checked
+        for name in ('out_dim', 'hidden_dim', 'bottleneck_dim'): check_int(name, getattr(self, name), 1)
+        for name in ('warmup_teacher_temp_epochs', 'freeze_last_layer'): check_int(name, getattr(self, name), 0)
+        for name in ('patch_size', 'depth'):
+            if getattr(self, name) is not None: check_int(name, getattr(self, name), 1)
+        for name in ('teacher_temp', 'warmup_teacher_temp', 'student_temp', 'lr'): check_positive(name, getattr(self, name))
+        for name in ('min_lr', 'warmup_epochs', 'weight_decay', 'weight_decay_end', 'clip_grad'): check_positive(name, getattr(self, name), allow_zero=True)
+        check_range('drop_path_rate', self.drop_path_rate, 0, 1)
+        check_range('center_momentum', self.center_momentum, 0, 1)
+        check_range('momentum_teacher', self.momentum_teacher, 0, 1)
+
+    def vit_options(self) -> dict:
+        "The options `backbone_from_config` gives a ViT: stochastic depth and the patch size and depth overrides."
+        return dict(drop_path_rate=self.drop_path_rate, patch_size=self.patch_size, depth=self.depth)
 
 # %% ../nbs/08a_teacher_student.ipynb #3f9f55db
 def teacher_copy(student: nn.Module, # the student network

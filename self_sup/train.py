@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #f92a7e7e
 from __future__ import annotations
-import csv, dataclasses, fnmatch, hashlib, io, json, math, os, random, shlex, signal, sys, threading, time, warnings
+import dataclasses, fnmatch, hashlib, json, math, os, random, signal, time, warnings
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from dataclasses import dataclass
@@ -22,14 +22,14 @@ from torch.nn.parallel import DistributedDataParallel
 from .core import (FolderInUse, FolderLock, check_folder_path, check_in, check_int, check_seed, check_positive, check_range, first_nonfinite, get_device,
                            load_checkpoint, progress, restore_signal_handlers, resume_command, rng_state, save_checkpoint,
                            seed_everything, set_rng_state, swap_signal_handlers)
+from .metrics import MetricsCSV, TensorBoardLog, read_metrics
 from .distributed import (all_reduce_mean, barrier, convert_sync_batchnorm, get_rank, get_world_size, init_distributed,
                                   is_distributed)
 from .optim import OPTIMIZERS, cosine_schedule, ema_update, linear_schedule, make_optimizer, unwrap, weight_decay_groups
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'RUN_FIELDS', 'CHECKPOINT_FORMAT', 'TrainConfig', 'to_device', 'epoch_batches', 'sample_seed',
-           'SeededSamples', 'MetricsCSV', 'read_metrics', 'config_changes', 'Trainer', 'plot_metrics',
-           'measure_training']
+           'SeededSamples', 'config_changes', 'Trainer']
 
 # %% ../nbs/06_train.ipynb #971698be
 PRECISIONS = ('32', 'bf16', 'fp16')
@@ -61,6 +61,8 @@ class TrainConfig:
     seed: int = 0 # seeds data order, augmentations and the method's random draws
     out_dir: str | None = None # where checkpoint.pt, metrics.csv and config.json go; None: nothing is written
     log_every: int = 1 # write a metrics row every this many steps
+    tensorboard: bool = False # also write the metrics as TensorBoard scalars to out_dir/tensorboard (needs `tensorboard`)
+    probe_every: int = 0 # steps between calls of the trainer's `probe` (an online kNN of the encoder), logged with the metrics (0: never)
     checkpoint_every: int = 1000 # write a checkpoint every this many steps (0: only at the end and on Ctrl-C)
     resume: str | None = None # a checkpoint path, or 'auto' (out_dir's checkpoint if there is one)
     max_steps: int | None = None # stop after this many steps in total (the schedules still span `epochs`)
@@ -72,6 +74,7 @@ class TrainConfig:
         check_int('epochs', self.epochs); check_int('batch_size', self.batch_size)
         check_int('accumulate_steps', self.accumulate_steps); check_int('log_every', self.log_every)
         check_int('checkpoint_every', self.checkpoint_every, 0); check_int('num_workers', self.num_workers, 0)
+        check_int('probe_every', self.probe_every, 0)
         check_seed('seed', self.seed)
         if self.out_dir is not None: check_folder_path('out_dir', self.out_dir)
         if self.max_steps is not None: check_int('max_steps', self.max_steps)
@@ -154,62 +157,6 @@ def _ignore_signals(names: Sequence[str], worker_id: int):
     for num in nums: signal.signal(num, signal.SIG_IGN)
     if hasattr(signal, 'pthread_sigmask'): signal.pthread_sigmask(signal.SIG_UNBLOCK, nums)
 
-# %% ../nbs/06_train.ipynb #81601f04
-def _read_rows(path: Path) -> tuple[list[str] | None, list[dict]]:
-    "Header and rows of a metrics CSV; a last line cut short (no line end: the writer was killed mid-row) is dropped."
-    try:
-        with open(path, newline='', encoding='utf-8') as f: text = f.read()
-        if not text.endswith('\n'): text = text[:text.rfind('\n') + 1]
-        reader = csv.DictReader(io.StringIO(text, newline=''))
-        rows = list(reader)
-        for n, row in enumerate(rows, 2):
-            if None in row or None in row.values(): raise ValueError(f"line {n} has {len(row) - (None in row)} fields for a header of {len(reader.fieldnames)}")
-            if row['step'] == '' or not math.isfinite(float(row['step'])): raise ValueError(f"line {n} has step {row['step']!r}")
-        return reader.fieldnames, rows
-    except (UnicodeDecodeError, csv.Error, ValueError, KeyError) as e:
-        problem = f"no 'step' column" if isinstance(e, KeyError) else str(e)
-        raise ValueError(f"metrics file {str(path)!r} is damaged ({problem}): repair or delete it "
-                         "(the checkpoint holds the whole training state; the metrics are only its record)") from None
-
-# %% ../nbs/06_train.ipynb #53a61647
-class MetricsCSV:
-    "Append-only metrics table; a new key in a later row extends the header (the file is rewritten once)."
-    def __init__(self, path: str | Path, # the CSV file
-                 keep_before_step: int | None = None, # keep existing rows with step < this (a resume); None: start a new file
-                ):
-        self.path, self.header = Path(path), None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        rows = []
-        if keep_before_step is not None and self.path.exists():
-            self.header, rows = _read_rows(self.path)
-            rows = [row for row in rows if int(float(row['step'])) < keep_before_step]
-        self._rewrite(rows)
-
-    def _rewrite(self, rows):
-        with open(self.path, 'w', newline='') as f:
-            if self.header:
-                w = csv.DictWriter(f, self.header, restval=''); w.writeheader(); w.writerows(rows)
-
-    def write(self, row: dict) -> None:
-        "Append one row (numbers are written with full precision)."
-        if self.header is None:
-            self.header = list(row); self._rewrite([])
-        elif any(k not in self.header for k in row):
-            rows = _read_rows(self.path)[1]
-            self.header = self.header + [k for k in row if k not in self.header]
-            self._rewrite(rows)
-        with open(self.path, 'a', newline='') as f:
-            csv.DictWriter(f, self.header, restval='').writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
-
-def read_metrics(path: str | Path, # a metrics.csv written by the trainer
-                ) -> dict[str, np.ndarray]:
-    "The columns of a metrics CSV as float arrays (missing values are NaN)."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"metrics file {str(path)!r} does not exist")
-    keys, rows = _read_rows(path)
-    try: return {k: np.array([float(r[k]) if r.get(k) not in ('', None) else np.nan for r in rows]) for k in keys or []}
-    except ValueError as e: raise ValueError(f"metrics file {str(path)!r} is damaged ({e}): repair or delete it") from None
-
 # %% ../nbs/06_train.ipynb #ee0e7348
 RUN_FIELDS = ('resume', 'max_steps', 'out_dir', 'num_workers', 'log_every', 'checkpoint_every', 'stop_signals')
 
@@ -230,6 +177,7 @@ class Trainer:
                  config: TrainConfig | None = None, # options; None: `TrainConfig()`
                  callbacks: Sequence[Callable[[Trainer], None]] = (), # called as `cb(trainer)` after every step, on every rank
                  collate_fn: Callable | None = None, # how samples become a batch (default: `default_collate`)
+                 probe: Callable[[nn.Module], dict] | None = None, # `probe(method) -> {name: value}` every `probe_every` steps, on rank 0 (e.g. `online_knn_probe`)
                 ):
         if not isinstance(method, nn.Module): raise TypeError(f"method must be an nn.Module, got {type(method).__name__}")
         if isinstance(train_data, IterableDataset) or not (hasattr(train_data, '__len__') and hasattr(train_data, '__getitem__')):
@@ -243,7 +191,8 @@ class Trainer:
         if c.precision == 'fp16' and self.device.type != 'cuda':
             raise ValueError(f"precision='fp16' needs a CUDA device (got {self.device}); use precision='bf16' on the CPU")
         self.method, self.model, self.train_data = method, method, train_data
-        self.callbacks, self.collate_fn = list(callbacks), collate_fn
+        self.callbacks, self.collate_fn, self.probe = list(callbacks), collate_fn, probe
+        if c.probe_every and probe is None: raise ValueError(f"probe_every={c.probe_every} needs a probe: Trainer(..., probe=fn)")
         self.global_batch = c.batch_size * self.world_size * c.accumulate_steps
         self.steps_per_epoch = len(train_data) // (c.batch_size * self.world_size) // c.accumulate_steps
         if self.steps_per_epoch < 1:
@@ -263,7 +212,7 @@ class Trainer:
         self.lr, self.weight_decay, self.metrics = self.peak_lr, c.weight_decay, {}
         self.optimizer = self.scaler = None
         self.last_checkpoint_step = None
-        self._ready, self._batches, self._stop_requested, self._elapsed, self._log = False, None, False, 0.0, None
+        self._ready, self._batches, self._stop_requested, self._elapsed, self._log, self._tb = False, None, False, 0.0, None, None
 
     # ---- what hooks read ---------------------------------------------------------------------------------
     @property
@@ -338,6 +287,7 @@ def _setup(self: Trainer):
     if self.rank == 0 and self.out_dir is not None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._log = MetricsCSV(self.metrics_path, keep_before_step=self.step if resume is not None else None)
+        if c.tensorboard: self._tb = TensorBoardLog(self.out_dir / 'tensorboard', purge_step=self.step if resume is not None else None)
         self._write_config()
     self._ready = True
 
@@ -560,6 +510,17 @@ def _folder_lock(self: Trainer):
     finally:
         if lock is not None: lock.release()
 
+@patch
+def _run_probe(self: Trainer, stop_at: int) -> bool:
+    "Every `probe_every` steps and at the last one: rank 0 adds `probe(method)` to this step's metrics, with every random generator left as it was (a probed run trains exactly as one without)."
+    c = self.config
+    if self.probe is None or not c.probe_every or (self.step % c.probe_every and self.step != stop_at): return False
+    if self.rank == 0:
+        state = rng_state()
+        try: self.metrics.update(self.probe(self.method))
+        finally: set_rng_state(state); self.method.train()
+    return True
+
 # %% ../nbs/06_train.ipynb #371008c8
 @patch
 def fit(self: Trainer) -> dict[str, float]:
@@ -590,7 +551,10 @@ def _fit(self: Trainer) -> dict[str, float]:
             if self.step_in_epoch == self.steps_per_epoch:
                 self.epoch, self.step_in_epoch, self._batches = self.epoch + 1, 0, None
             in_step = False
-            if self._log is not None and (self.step - 1) % c.log_every == 0: self._log.write(self.metrics)
+            probed = self._run_probe(stop_at)
+            if self._log is not None and ((self.step - 1) % c.log_every == 0 or probed):
+                self._log.write(self.metrics)
+                if self._tb is not None: self._tb.write(self.metrics)
             bar.update(1); bar.set_postfix(loss=f"{metrics['loss']:.4f}", epoch=self.metrics['epoch'], refresh=False)
             if self.callbacks:
                 for cb in self.callbacks: cb(self)
@@ -614,70 +578,5 @@ def _fit(self: Trainer) -> dict[str, float]:
         bar.close()
         self._batches = None
         restore_signal_handlers(handlers)
+        if self._tb is not None: self._tb.writer.flush()
     return self.metrics
-
-# %% ../nbs/06_train.ipynb #feebd5c3
-def _smoothed(y: np.ndarray, smooth: float) -> np.ndarray:
-    out, avg, weight = np.empty_like(y), 0.0, 0.0
-    for i, v in enumerate(y):
-        if np.isfinite(v): avg, weight = smooth * avg + (1 - smooth) * v, smooth * weight + (1 - smooth)
-        out[i] = avg / weight if weight > 0 else np.nan
-    return out
-
-def plot_metrics(metrics: str | Path | dict, # a metrics.csv path or what `read_metrics` returns
-                 keys: Sequence[str] | None = None, # which columns; None: every one except step, epoch, time
-                 smooth: float = 0.9, # EMA smoothing of the drawn curve, in [0, 1)
-                 unsmoothed: Sequence[str] = ('lr', 'weight_decay'), # schedules and other smooth values, drawn as they are
-                ):
-    "One panel per metric against the step; returns the matplotlib figure."
-    import matplotlib.pyplot as plt
-    m = read_metrics(metrics) if isinstance(metrics, (str, Path)) else metrics
-    check_range('smooth', smooth, 0, 0.999)
-    keys = [k for k in m if k not in ('step', 'epoch', 'time')] if keys is None else list(keys)
-    if not keys or 'step' not in m: raise ValueError(f"nothing to plot: the metrics hold {list(m)}")
-    for k in keys:
-        if k not in m: raise ValueError(f"metric {k!r} is not logged; there are {list(m)}")
-    cols = min(len(keys), 3); rows = math.ceil(len(keys) / cols)
-    fig, axs = plt.subplots(rows, cols, figsize=(3.8 * cols, 2.8 * rows), squeeze=False)
-    for ax, k in zip(axs.ravel(), keys):
-        noisy = smooth > 0 and k not in unsmoothed
-        if noisy: ax.plot(m['step'], m[k], alpha=0.25, color='C0')
-        ax.plot(m['step'], _smoothed(m[k], smooth) if noisy else m[k], color='C0')
-        ax.set_title(k); ax.set_xlabel('step')
-    for ax in axs.ravel()[len(keys):]: ax.set_visible(False)
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/06_train.ipynb #cad89bfa
-def measure_training(config, # a method's config dataclass (its `max_steps`, `out_dir` and `resume` are replaced)
-                     make_trainer: Callable, # the method's `make_trainer(config, callbacks)`
-                     steps: int = 300, # timed optimiser steps
-                     warmup: int = 20, # untimed steps first (at least 1)
-                     out: str | os.PathLike | None = None, # a JSON file to write the figures to
-                     command: str | None = None, # the command line to record with the figures
-                    ) -> dict:
-    "Train `warmup + steps` steps of `config`: images/s over the timed steps, peak memory, every loss."
-    import platform, resource
-    check_int('steps', steps, 1); check_int('warmup', warmup, 1)
-    stamps, losses = [], []
-    def record(t):
-        stamps.append(time.perf_counter()); losses.append(float(t.metrics['loss']))
-    trainer = make_trainer(dataclasses.replace(config, max_steps=warmup + steps, out_dir=None, resume=None), callbacks=[record])
-    cuda = trainer.device.type == 'cuda'
-    if cuda:  # CUDA must be initialised before its peak can be reset (else 'Invalid device argument')
-        torch.zeros((), device=trainer.device); torch.cuda.reset_peak_memory_stats(trainer.device)
-    trainer.fit()
-    if len(stamps) < warmup + steps:
-        raise ValueError(f"the run stopped after {len(stamps)} steps ({trainer.total_steps} in its schedule): "
-                         "lower steps + warmup, raise epochs or use a larger dataset")
-    seconds = stamps[-1] - stamps[warmup - 1]     # the timed steps: after the warm-up's last one
-    result = dict(device=torch.cuda.get_device_name(trainer.device) if cuda else platform.processor() or 'cpu',
-                  world_size=trainer.world_size, global_batch=trainer.global_batch, steps=steps, warmup=warmup,
-                  images_per_s=trainer.global_batch * steps / seconds, seconds_per_step=seconds / steps,
-                  peak_memory_gib=torch.cuda.max_memory_allocated(trainer.device) / 2**30 if cuda else None,
-                  peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                  losses=losses, config=dataclasses.asdict(config), command=command)
-    if out is not None and trainer.rank == 0:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1, default=str))
-    return result

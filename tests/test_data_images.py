@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from self_sup.data.images import (SAMPLE_IMAGES, BuiltinDigits, CIFAR10, CIFAR100, ImageFolder, ImageNetFolder, PatchFolder,
-                                  SingleImagePatches, as_rgb_image, image_complexity, load_image, read_val_solution, sample_image,
-                                  write_cifar)
+from self_sup.data.images import (SAMPLE_IMAGES, BuiltinDigits, CIFAR10, CIFAR100, ImageFolder, ImageNetFolder, as_rgb_image,
+                                  load_image, read_val_solution, sample_image, write_cifar)
+from self_sup.data.patches import PatchFolder, SingleImagePatches, image_complexity
 
 
 # ---------------------------------------------------------------- sample photos and image files

@@ -143,7 +143,7 @@ def test_train_cpu_config_end_to_end(tmp_path):
 
 def test_measure_training_writes_figures(tmp_path):
     import json
-    from self_sup.methods.dino import measure_training
+    from self_sup.bench.paper import measure_training
     cfg = DINOCPUConfig(epochs=1, batch_size=4, num_workers=0, depth=1, backbone='small_cnn')
     r = measure_training(cfg, steps=2, warmup=1, out=str(tmp_path / 'r.json'))
     saved = json.loads((tmp_path / 'r.json').read_text())

@@ -1,6 +1,7 @@
 """The recipe layer, for every registered method: one preset mechanism in which an explicit value always wins,
 the command line built from the registry, and every method covered by the smoke runs."""
 import argparse, dataclasses, sys
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,20 @@ def test_preset_cpu_keeps_an_explicit_batch_size(name):
 def test_make_trainer_refuses_other_configs():
     with pytest.raises(TypeError, match="config must be a method's config"):
         make_trainer(argparse.Namespace())
+
+
+def test_online_probe_and_tensorboard_through_the_recipe_layer(tmp_path):
+    "`--probe-every` adds the encoder's kNN@20 on the built-in test split to metrics.csv; `--tensorboard` writes event files."
+    from self_sup.methods.simclr import SimCLRConfig
+    from self_sup.metrics import read_metrics
+    from self_sup.recipes import train
+    cfg = SimCLRConfig(preset='objects', max_steps=4, probe_every=2, tensorboard=True, log_every=3, batch_size=32,
+                       num_workers=0, out_dir=str(tmp_path))
+    train(cfg)
+    rows = read_metrics(tmp_path / 'metrics.csv')
+    assert rows['step'].tolist() == [0, 1, 3]                 # the logged step 0, then the probed steps 2 and 4 (0-based 1, 3)
+    knn = rows['knn@20']
+    assert np.isnan(knn[0]) and all(5 < v < 100 for v in knn[1:]), knn
+    assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+    with pytest.raises(ValueError, match="probe_every needs a built-in labelled test split .* got dataset='imagenet'"):
+        SimCLRConfig(probe_every=10)

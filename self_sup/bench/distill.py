@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 
 from .patches import items_per_second
 from ..core import get_device, torch_threads
-from ..data.images import SingleImagePatches, write_cifar
+from ..data.images import write_cifar
+from ..data.patches import SingleImagePatches
 from ..methods.distill import Distiller, PatchBatches, distill_student, edge_strokes, paper_config
 from ..tasks import Classifier, load_task, save_classifier
 

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/50g_bench.paper.ipynb #039ef1ae
 from __future__ import annotations
-import argparse, dataclasses, json, math, shlex, sys, tempfile
+import argparse, dataclasses, json, math, os, platform, resource, shlex, sys, tempfile, time
 from pathlib import Path
 from typing import Callable
 
@@ -17,13 +17,12 @@ from ..data.images import sample_image, write_cifar
 from ..data.video import open_video, read_frames, write_video
 from ..distributed import get_rank, get_world_size
 from ..recipes import Recipe, make_trainer, recipes
-from ..train import measure_training
 
 # %% auto #0
 __all__ = ['IMAGE_METHODS', 'VIDEO_METHODS', 'METHODS', 'CPU_SETTINGS', 'CPU_BATCH_SIZE', 'SHORT_VIDEO_FRAMES',
            'MIN_STAND_IN_CLIPS', 'paper_runs', 'paper_recipe', 'write_photo_imagenet', 'write_photo_cifar',
-           'bikes_frames', 'forward_backward', 'write_walking_video', 'write_short_videos', 'measure_recipe',
-           'clips_needed', 'stand_in_data', 'main']
+           'bikes_frames', 'forward_backward', 'write_walking_video', 'write_short_videos', 'measure_training',
+           'measure_recipe', 'clips_needed', 'stand_in_data', 'main']
 
 # %% ../../nbs/50g_bench.paper.ipynb #700030bf
 def _reads_video(recipe: Recipe) -> bool: return 'video' in {f.name for f in dataclasses.fields(recipe.config)}
@@ -127,6 +126,40 @@ def write_short_videos(root: str | Path, # the folder to create
     for v in range(n_videos):
         write_video(frames[order[v * n_frames:(v + 1) * n_frames]], root / f'video{v:04d}.mp4', preset='veryfast')
     return root
+
+# %% ../../nbs/50g_bench.paper.ipynb #cad89bfa
+def measure_training(config, # a method's config dataclass (its `max_steps`, `out_dir` and `resume` are replaced)
+                     make_trainer: Callable | None = None, # `make_trainer(config, callbacks)`; None: the recipes' (`self_sup.recipes.make_trainer`)
+                     steps: int = 300, # timed optimiser steps
+                     warmup: int = 20, # untimed steps first (at least 1)
+                     out: str | os.PathLike | None = None, # a JSON file to write the figures to
+                     command: str | None = None, # the command line to record with the figures
+                    ) -> dict:
+    "Train `warmup + steps` steps of `config`: images/s over the timed steps, peak memory, every loss."
+    check_int('steps', steps, 1); check_int('warmup', warmup, 1)
+    if make_trainer is None: from self_sup.recipes import make_trainer
+    stamps, losses = [], []
+    def record(t):
+        stamps.append(time.perf_counter()); losses.append(float(t.metrics['loss']))
+    trainer = make_trainer(dataclasses.replace(config, max_steps=warmup + steps, out_dir=None, resume=None), callbacks=[record])
+    cuda = trainer.device.type == 'cuda'
+    if cuda:  # CUDA must be initialised before its peak can be reset (else 'Invalid device argument')
+        torch.zeros((), device=trainer.device); torch.cuda.reset_peak_memory_stats(trainer.device)
+    trainer.fit()
+    if len(stamps) < warmup + steps:
+        raise ValueError(f"the run stopped after {len(stamps)} steps ({trainer.total_steps} in its schedule): "
+                         "lower steps + warmup, raise epochs or use a larger dataset")
+    seconds = stamps[-1] - stamps[warmup - 1]     # the timed steps: after the warm-up's last one
+    result = dict(device=torch.cuda.get_device_name(trainer.device) if cuda else platform.processor() or 'cpu',
+                  world_size=trainer.world_size, global_batch=trainer.global_batch, steps=steps, warmup=warmup,
+                  images_per_s=trainer.global_batch * steps / seconds, seconds_per_step=seconds / steps,
+                  peak_memory_gib=torch.cuda.max_memory_allocated(trainer.device) / 2**30 if cuda else None,
+                  peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  losses=losses, config=dataclasses.asdict(config), command=command)
+    if out is not None and trainer.rank == 0:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1, default=str))
+    return result
 
 # %% ../../nbs/50g_bench.paper.ipynb #7cc1433c
 def measure_recipe(method: str, # one of `METHODS`

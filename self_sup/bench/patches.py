@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..core import torch_threads
-from ..data.images import SingleImagePatches
+from ..data.patches import SingleImagePatches
 
 # %% auto #0
 __all__ = ['items_per_second', 'measure', 'main']

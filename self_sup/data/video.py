@@ -19,9 +19,10 @@ from ..core import check_positive, check_in, check_int, progress
 
 # %% auto #0
 __all__ = ['VIDEO_EXTENSIONS', 'VIDEO_BACKENDS', 'CACHE_HEADER', 'CACHE_FRAMES', 'CACHE_VERSION', 'CLIP_DTYPES', 'resized_size',
-           'video_backend', 'DecordReader', 'PyAVReader', 'open_video', 'read_frames', 'video_info', 'write_video',
-           'is_video_cache', 'read_cache_header', 'clip_frame_indices', 'VideoClips', 'default_cache_dir',
-           'cache_video', 'WalkingTours', 'image_to_tensor', 'size_pair', 'zoom_pan_video', 'random_box', 'fake_video']
+           'video_backend', 'FrameReader', 'DecordReader', 'PyAVReader', 'open_video', 'read_frames', 'video_info',
+           'write_video', 'is_video_cache', 'read_cache_header', 'clip_frame_indices', 'VideoClips',
+           'default_cache_dir', 'cache_video', 'WalkingTours', 'image_to_tensor', 'size_pair', 'zoom_pan_video',
+           'random_box', 'fake_video']
 
 # %% ../../nbs/02_data.video.ipynb #37f8c3e5
 VIDEO_EXTENSIONS = ('.mp4', '.mkv', '.webm', '.mov', '.avi', '.m4v')
@@ -56,23 +57,30 @@ def video_backend(name: str | None = None, # 'decord' or 'pyav'; None: $SELF_SUP
     return name
 
 # %% ../../nbs/02_data.video.ipynb #ebc755ea
-class DecordReader:
-    "decord's `VideoReader` behind the kit's reader interface: `len`, `fps`, `get_batch(indices)` -> uint8 `[T, H, W, 3]`."
-    backend = 'decord'
+class FrameReader:
+    "The kit's reader interface: open a video file in the constructor; `len`, `fps`, `get_batch(indices)` -> uint8 `[T, H, W, 3]`, `close`."
+    backend = None
     def __init__(self,
                  path: str | Path, # the video file
                  size: tuple[int, int] | None = None, # (height, width) to resize to while decoding; None: native size
                  num_threads: int = 1, # decoder threads (0: let FFmpeg choose)
                 ):
+        self.size = None if size is None else (int(size[0]), int(size[1]))
+        self._open(str(path), int(num_threads))
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
+
+class DecordReader(FrameReader):
+    "decord's `VideoReader` behind the kit's reader interface."
+    backend = 'decord'
+    def _open(self, path: str, num_threads: int):
         import decord
-        kwargs = {} if size is None else dict(height=int(size[0]), width=int(size[1]))
-        self.reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads, **kwargs)
+        kwargs = {} if self.size is None else dict(height=self.size[0], width=self.size[1])
+        self.reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads, **kwargs)
         self.fps = float(self.reader.get_avg_fps())
 
     def __len__(self) -> int: return len(self.reader)
     def close(self): self.reader = None
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.close()
 
     def get_batch(self, indices: Sequence[int]) -> np.ndarray:
         "Frames `indices` (any order) with one decord `get_batch` call, as NumPy whatever bridge the user set globally."
@@ -94,29 +102,23 @@ def _packet_index(container, # an open PyAV input container
     return np.asarray(pts, dtype=np.int64)[order], np.flatnonzero(np.asarray(key, dtype=bool)[order])
 
 # %% ../../nbs/02_data.video.ipynb #a564389b
-class PyAVReader:
-    "PyAV behind the kit's reader interface, with random access by frame index: `len`, `fps`, `get_batch(indices)`."
+class PyAVReader(FrameReader):
+    "PyAV behind the kit's reader interface, with random access by frame index."
     backend = 'pyav'
-    def __init__(self,
-                 path: str | Path, # the video file
-                 size: tuple[int, int] | None = None, # (height, width) to resize to while decoding; None: native size
-                 num_threads: int = 1, # decoder threads (0: let FFmpeg choose)
-                ):
+    def _open(self, path: str, num_threads: int):
         import av
-        self.container = av.open(str(path))
+        self.container = av.open(path)
         if not self.container.streams.video: raise ValueError('cannot find video stream')
         self.stream = self.container.streams.video[0]
-        self.stream.thread_type, self.stream.codec_context.thread_count = 'AUTO', int(num_threads)
+        self.stream.thread_type, self.stream.codec_context.thread_count = 'AUTO', num_threads
         self.pts, self.keyframes = _packet_index(self.container, self.stream)
         rate = self.stream.average_rate or self.stream.guessed_rate
-        self.fps, self.size, self._decoded, self._position = float(rate) if rate else 0.0, size, None, -1
+        self.fps, self._decoded, self._position = float(rate) if rate else 0.0, None, -1
 
     def __len__(self) -> int: return len(self.pts)
     def close(self):
         "Close the file and stop the decoder threads now, not whenever the garbage collector (maybe in a forked child) gets to it."
         self._decoded = None; self.container.close()
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.close()
 
     def _frame_at(self, index: int) -> np.ndarray:
         "Frame `index` as uint8 `[H, W, 3]`: decode on from where we are, or seek to its keyframe first."

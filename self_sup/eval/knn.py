@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from ..core import check_positive, get_device, progress
+from ..core import check_in, check_positive, get_device, progress
 
 # %% auto #0
-__all__ = ['extract_features', 'check_features', 'check_labels', 'check_feature_split', 'knn_classify', 'knn_accuracy']
+__all__ = ['PROBE_DATASETS', 'extract_features', 'check_features', 'check_labels', 'check_feature_split', 'knn_classify',
+           'knn_accuracy', 'builtin_labelled', 'online_knn_probe']
 
 # %% ../../nbs/30_eval.knn.ipynb #7328f739
 def _module_device(model: Any) -> torch.device:
@@ -64,7 +65,7 @@ def extract_features(model: nn.Module | Callable, # encoder: returns [B, D] feat
                      batch_size: int = 256, # batch size when `data` is not already a DataLoader
                      device: str | torch.device | None = None, # where to run; None: where the model's parameters are. The model is moved back afterwards
                      num_workers: int = 0, # DataLoader workers when `data` is not already a DataLoader
-                     desc: str = 'features', # label of the progress bar
+                     desc: str | None = 'features', # label of the progress bar (None: no bar)
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     "Features `[N, D]` (float32, CPU) and labels `[N]` (long; -1 where data has no labels) of `model` over `data`, in eval mode without gradients."
     check_positive('batch_size', batch_size)
@@ -82,7 +83,7 @@ def extract_features(model: nn.Module | Callable, # encoder: returns [B, D] feat
         try: total = len(loader)
         except TypeError: total = None
         with torch.no_grad():
-            for batch in progress(loader, total=total, desc=desc):
+            for batch in progress(loader, total=total, desc=desc, disable=True if desc is None else None):
                 x, y = _split_batch(batch)
                 e = _embedding(model(x.to(dev, non_blocking=True)))
                 if len(e) != len(x): raise ValueError(f"the model returned {len(e)} feature rows for a batch of {len(x)} inputs")
@@ -208,3 +209,34 @@ def knn_accuracy(train_features: torch.Tensor, # [N, D] features of the labelled
     ks = _check_ks(ks, len(train_features))
     preds = _knn_predictions(train_features, train_labels, test_features, ks, temperature, num_classes, chunk_size)
     return {k: 100.0 * (p.cpu() == test_labels).float().mean().item() for k, p in preds.items()}
+
+# %% ../../nbs/30_eval.knn.ipynb #5235aeb9
+PROBE_DATASETS = ('digits', 'objects')   # pretraining datasets with a built-in labelled train and test split
+
+def builtin_labelled(dataset: str, # 'digits' or 'objects'
+                     split: str = 'test', # 'train' or 'test'
+                     mean: Iterable[float] | None = None, # the views' normalisation; None: ImageNet's (every method's default)
+                     std: Iterable[float] | None = None, # likewise
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    "The images of a built-in pretraining dataset's split as float tensors normalised as the methods' views are, and their labels."
+    from self_sup.augment import IMAGENET_MEAN, IMAGENET_STD, normalize
+    from self_sup.data.images import pretraining_images
+    check_in('dataset (of the online probe)', dataset, list(PROBE_DATASETS))
+    data = pretraining_images(dataset, None, split)
+    return normalize(data.images, IMAGENET_MEAN if mean is None else mean, IMAGENET_STD if std is None else std), data.labels.long()
+
+def online_knn_probe(dataset: str, # 'digits' or 'objects'
+                     k: int = 20, # neighbours of the weighted vote
+                     batch_size: int = 500, # images per forward pass
+                     mean: Iterable[float] | None = None, # the views' normalisation; None: ImageNet's
+                     std: Iterable[float] | None = None, # likewise
+                    ) -> Callable[[nn.Module], dict[str, float]]:
+    "A function `probe(method) -> {'knn@k': top-1 %}` that scores `method.backbone` on `dataset`'s test split, its train split labelled."
+    fit, query = builtin_labelled(dataset, 'train', mean, std), builtin_labelled(dataset, 'test', mean, std)
+    check_positive('k', k)
+    def probe(method: nn.Module) -> dict[str, float]:
+        encoder = getattr(method, 'backbone', method)   # extract_features leaves it in the mode it found it in
+        f_fit, _ = extract_features(encoder, fit, batch_size=batch_size, desc=None)
+        f_query, _ = extract_features(encoder, query, batch_size=batch_size, desc=None)
+        return {f'knn@{k}': knn_accuracy(f_fit, fit[1], f_query, query[1], ks=(k,), num_classes=10)[k]}
+    return probe

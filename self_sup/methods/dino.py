@@ -15,76 +15,27 @@ from ..augment import MultiCropTransform
 from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
 from ..losses import DINOLoss, collapse_report, dino_teacher_probs
 from ..models import Backbone, DINOHead, create_backbone
-from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train, trainer_options
-from ..teacher_student import EMATeacherStudent
+from ..recipes import (MultiCropConfig, Recipe, backbone_from_config, image_dataset, make_trainer, register_recipe, train,
+                              trainer_options)
+from ..teacher_student import EMATeacherStudent, TeacherStudentConfig
 from ..train import Trainer, TrainConfig
 
 # %% auto #0
-__all__ = ['DATASETS', 'RECIPE', 'CPU_RECIPE', 'DINOConfig', 'DINOCPUConfig', 'MultiCropNetwork', 'DINO', 'dino_transform',
-           'dino_dataset', 'train_config', 'measure_training']
+__all__ = ['RECIPE', 'CPU_RECIPE', 'DINOConfig', 'DINOCPUConfig', 'MultiCropNetwork', 'DINO', 'dino_transform', 'dino_dataset',
+           'train_config']
 
 # %% ../../nbs/14_methods.dino.ipynb #9e3b220f
-DATASETS = ('imagenet', 'folder', 'digits', 'objects')
-
 @dataclass
-class DINOConfig(RunConfig):
+class DINOConfig(TeacherStudentConfig, MultiCropConfig):
     "DINO's recipe; the defaults are the paper's ViT-S/16 run (README 'boosted' form) on ImageNet; `preset='cpu'` for a CPU-sized run on the built-in digits."
-    # data
-    dataset: Literal['imagenet', 'folder', 'digits', 'objects'] = 'imagenet' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*), 'digits' (built-in digits on photos) or 'objects' (built-in digits on independent backgrounds)
-    data_path: str | None = None # the dataset's root folder ('imagenet', 'folder')
-    # views
-    global_size: int = 224 # side of the 2 global crops, pixels
-    global_scale: tuple[float, float] = (0.4, 1.0) # area fraction of a global crop
-    n_local: int = 8 # number of local crops
-    local_size: int = 96 # side of a local crop, pixels
-    local_scale: tuple[float, float] = (0.05, 0.4) # area fraction of a local crop
-    # networks
-    backbone: str = 'vit_small_patch16' # a `self_sup.models` backbone name
-    patch_size: int | None = None # ViTs: override the patch size (4 for 32-pixel images); None: the backbone's own
-    depth: int | None = None # ViTs: override the number of blocks; None: the backbone's own
-    drop_path_rate: float = 0.1 # stochastic depth of the student (ViTs)
-    out_dim: int = 65536 # K, output dimension of the head
-    hidden_dim: int = 2048 # head MLP width
-    bottleneck_dim: int = 256 # head bottleneck before the weight-normalised last layer
-    norm_last_layer: bool = False # fix the last layer's weight-norm gains to 1 (True is more stable; the vanilla recipe)
-    # loss and teacher
-    teacher_temp: float = 0.07 # teacher temperature after the warm-up
-    warmup_teacher_temp: float = 0.04 # teacher temperature at the start
-    warmup_teacher_temp_epochs: int = 30 # epochs of the linear teacher-temperature warm-up
-    student_temp: float = 0.1 # student temperature
-    center_momentum: float = 0.9 # momentum of the teacher centre (1.0 switches centering off)
-    momentum_teacher: float = 0.996 # EMA momentum at the start (cosine to 1)
-    # optimisation (the shared fields whose paper value differs from RunConfig's, and DINO's own)
+    # optimisation (the shared fields whose paper value differs from TeacherStudentConfig's, and DINO's own)
     epochs: int = 300 # passes over the training data
-    lr: float = 5e-4 # peak learning rate for a global batch of 256 (scaled linearly with the global batch)
-    min_lr: float = 1e-6 # learning rate at the end of the cosine
-    warmup_epochs: float = 10 # linear learning-rate warm-up, epochs
-    weight_decay_end: float = 0.4 # weight decay at the end (cosine; `weight_decay` is the start)
-    clip_grad: float = 3.0 # clip each parameter's gradient norm to this (0: no clipping)
-    freeze_last_layer: int = 1 # epochs during which the head's last layer is not updated
-    precision: Literal['32', 'bf16', 'fp16'] = 'bf16' # '32', 'bf16' (CPU or GPU) or 'fp16' (GPU)
     # running
-    num_workers: int = 10 # DataLoader workers per process
     collapse_check_every: int = 50 # steps between collapse checks of the teacher's outputs (0: never)
 
     def __post_init__(self):
-        super().__post_init__()   # the preset fills the fields not given, the shared fields are checked
-        check_in('dataset', self.dataset, DATASETS)
-        for name in ('global_size', 'local_size', 'out_dim', 'hidden_dim', 'bottleneck_dim'): check_int(name, getattr(self, name), 1)
-        for name in ('n_local', 'warmup_teacher_temp_epochs', 'freeze_last_layer', 'collapse_check_every'):
-            check_int(name, getattr(self, name), 0)
-        for name in ('patch_size', 'depth'):
-            if getattr(self, name) is not None: check_int(name, getattr(self, name), 1)
-        for name in ('teacher_temp', 'warmup_teacher_temp', 'student_temp', 'lr'): check_positive(name, getattr(self, name))
-        for name in ('min_lr', 'warmup_epochs', 'weight_decay', 'weight_decay_end', 'clip_grad'): check_positive(name, getattr(self, name), allow_zero=True)
-        check_range('drop_path_rate', self.drop_path_rate, 0, 1)
-        check_range('center_momentum', self.center_momentum, 0, 1)
-        check_range('momentum_teacher', self.momentum_teacher, 0, 1)
-        self.global_scale = check_fraction_pair('global_scale', self.global_scale)
-        self.local_scale = check_fraction_pair('local_scale', self.local_scale)
-        if self.dataset != 'digits' and self.data_path is not None and not isinstance(self.data_path, str):
-            self.data_path = str(self.data_path)
-
+        super().__post_init__()   # the preset fills the fields not given; the shared, view and teacher-student fields are checked
+        check_int('collapse_check_every', self.collapse_check_every, 0)
 
 # %% ../../nbs/14_methods.dino.ipynb #bdc265ef
 DINOConfig.PRESETS = {'paper': {}, 'cpu': dict(
@@ -157,12 +108,7 @@ class DINO(EMATeacherStudent):
                     in_chans: int = 3, # image channels
                    ) -> DINO:
         "Build the backbone and the method that `config` describes."
-        kwargs = dict(in_chans=in_chans)
-        if config.backbone.startswith('vit'):
-            kwargs.update(drop_path_rate=config.drop_path_rate, img_size=config.global_size)
-            if config.patch_size is not None: kwargs['patch_size'] = config.patch_size
-            if config.depth is not None: kwargs['depth'] = config.depth
-        backbone = create_backbone(config.backbone, **kwargs)
+        backbone = backbone_from_config(config, config.global_size, in_chans, **config.vit_options())
         return cls(backbone, config.out_dim, config.hidden_dim, config.bottleneck_dim, config.norm_last_layer, 2,
                    config.teacher_temp, config.warmup_teacher_temp, config.warmup_teacher_temp_epochs, config.student_temp,
                    config.center_momentum, config.momentum_teacher, config.freeze_last_layer, config.clip_grad, config.collapse_check_every)
@@ -219,9 +165,7 @@ def dino_dataset(config: DINOConfig, # the recipe
                  transform: Callable | None = None, # None: `dino_transform(config)`
                 ):
     "The training images of `config.dataset`, each item `(views, label)`."
-    transform = dino_transform(config) if transform is None else transform
-    from self_sup.data.images import pretraining_images
-    return pretraining_images(config.dataset, config.data_path, 'train', transform)
+    return image_dataset(config, dino_transform(config) if transform is None else transform)
 
 def train_config(config: DINOConfig, # the recipe
                 ) -> TrainConfig:
@@ -237,14 +181,3 @@ RECIPE = register_recipe(Recipe('dino', DINOConfig, dataset=dino_dataset, method
 CPU_RECIPE = register_recipe(Recipe('dino-cpu', DINOCPUConfig, dataset=dino_dataset, method=_dino, train_config=train_config,
                                     help='DINO at CPU scale on the built-in digits on photos', paper_runs={'dino-cpu': {}}))
 
-
-# %% ../../nbs/14_methods.dino.ipynb #bace598a
-def measure_training(config: DINOConfig, # the recipe (its `max_steps` and `out_dir` are replaced)
-                     steps: int = 300, # timed optimiser steps
-                     warmup: int = 20, # untimed steps first (at least 1)
-                     out: str | None = None, # a JSON file to write the figures to
-                     command: str | None = None, # the command line to record with the figures
-                    ) -> dict:
-    "Train `warmup + steps` steps of `config`; images/s over the timed steps, peak GPU memory, the losses."
-    from self_sup import train as _train                  # the trainer's generic measurement, with the recipes' make_trainer
-    return _train.measure_training(config, make_trainer, steps, warmup, out, command)

@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 
 from ..augment import cutmix
 from ..core import check_in, check_int, check_positive, check_range, get_device, seed_everything, torch_threads
-from ..data.images import SAMPLE_IMAGES, SingleImagePatches
+from ..data.images import SAMPLE_IMAGES
+from ..data.patches import SingleImagePatches
 from ..tasks import (TASKS, VIDEO_LABELS, Classifier, FakeVideos, FrameWiseVideoClassifier, LabelledImages,
                             SupervisedClassification, Task, accuracy, load_classifier, load_task, match_input,
                             moving_digits_task, save_classifier, train_teacher)

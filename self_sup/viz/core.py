@@ -6,6 +6,7 @@
 from __future__ import annotations
 import contextlib
 import math
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -15,11 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..augment import denormalize
+from ..core import check_range
 from ..data.davis import davis_palette
+from ..metrics import read_metrics
 
 # %% auto #0
 __all__ = ['as_display_image', 'resize_maps', 'check_aspect', 'overlay_masks', 'object_colours', 'overlay_objects', 'overlay',
-           'panel_grid', 'eval_mode']
+           'panel_grid', 'eval_mode', 'show_views', 'plot_metrics']
 
 # %% ../../nbs/40_viz.core.ipynb #1a326630
 def as_display_image(image: PIL.Image.Image | np.ndarray | Tensor, # PIL image, array [H, W(, C)] or tensor [(C,) H, W]
@@ -163,3 +166,66 @@ def eval_mode(model: nn.Module):
         yield model
     finally:
         for m, training in modes: m.training = training
+
+# %% ../../nbs/40_viz.core.ipynb #2e2bf590
+def show_views(views: Sequence[Tensor] | Tensor, # images [C,H,W] (or a batch [N,C,H,W]); normalised ones are denormalised
+               titles: Sequence[str] | None = None, # one title per view
+               ncols: int | None = None, # views per row (default: all in one row)
+               size: float = 2.0, # inches per view
+               normalized: bool = True, # whether the views are normalised with the ImageNet statistics
+               suptitle: str | None = None, # a title for the figure
+              ):
+    "Plot `views` side by side (shown at their relative sizes); returns the matplotlib figure."
+    import matplotlib.pyplot as plt
+    views = list(views)
+    n = len(views); ncols = ncols or n; nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False, layout='constrained')
+    biggest = max(max(v.shape[-2:]) for v in views)
+    for i, ax in enumerate(axes.flat):
+        ax.axis('off')
+        if i >= n: continue
+        v = views[i].detach().cpu()
+        v = denormalize(v) if normalized else (v.float() / 255 if v.dtype == torch.uint8 else v.float())
+        h, w = v.shape[-2:]
+        ax.imshow(v.permute(1, 2, 0).squeeze(-1).numpy(), cmap='gray', vmin=0, vmax=1, extent=(0, w, h, 0))
+        # the same pixel scale in every panel, so that small crops look small
+        ax.set_xlim(-(biggest - w) / 2, w + (biggest - w) / 2); ax.set_ylim(h + (biggest - h) / 2, -(biggest - h) / 2)
+        if titles is not None: ax.set_title(titles[i], fontsize=9)
+    if suptitle: fig.suptitle(suptitle)
+    return fig
+
+# %% ../../nbs/40_viz.core.ipynb #feebd5c3
+def _smoothed(y: np.ndarray, smooth: float) -> np.ndarray:
+    out, avg, weight = np.empty_like(y), 0.0, 0.0
+    for i, v in enumerate(y):
+        if np.isfinite(v): avg, weight = smooth * avg + (1 - smooth) * v, smooth * weight + (1 - smooth)
+        out[i] = avg / weight if weight > 0 else np.nan
+    return out
+
+def plot_metrics(metrics: str | Path | dict, # a metrics.csv path or what `read_metrics` returns
+                 keys: Sequence[str] | None = None, # which columns; None: every one except step, epoch, time
+                 smooth: float = 0.9, # EMA smoothing of the drawn curve, in [0, 1)
+                 unsmoothed: Sequence[str] = ('lr', 'weight_decay'), # schedules and other smooth values, drawn as they are
+                ):
+    "One panel per metric against the step (a metric logged at a few steps only, like an online probe's, as points joined by lines); returns the figure."
+    import matplotlib.pyplot as plt
+    m = read_metrics(metrics) if isinstance(metrics, (str, Path)) else metrics
+    check_range('smooth', smooth, 0, 0.999)
+    keys = [k for k in m if k not in ('step', 'epoch', 'time')] if keys is None else list(keys)
+    if not keys or 'step' not in m: raise ValueError(f"nothing to plot: the metrics hold {list(m)}")
+    for k in keys:
+        if k not in m: raise ValueError(f"metric {k!r} is not logged; there are {list(m)}")
+    cols = min(len(keys), 3); rows = math.ceil(len(keys) / cols)
+    fig, axs = plt.subplots(rows, cols, figsize=(3.8 * cols, 2.8 * rows), squeeze=False)
+    for ax, k in zip(axs.ravel(), keys):
+        finite = np.isfinite(np.asarray(m[k], dtype=float))
+        if finite.sum() < 0.5 * len(finite):   # sparse (a probe every N steps): its own points, not smoothed
+            ax.plot(np.asarray(m['step'])[finite], np.asarray(m[k])[finite], 'o-', color='C1', markersize=3)
+            ax.set_title(k); ax.set_xlabel('step'); continue
+        noisy = smooth > 0 and k not in unsmoothed
+        if noisy: ax.plot(m['step'], m[k], alpha=0.25, color='C0')
+        ax.plot(m['step'], _smoothed(m[k], smooth) if noisy else m[k], color='C0')
+        ax.set_title(k); ax.set_xlabel('step')
+    for ax in axs.ravel()[len(keys):]: ax.set_visible(False)
+    fig.tight_layout()
+    return fig

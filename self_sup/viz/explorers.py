@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..augment import MultiCropTransform, SimCLRTransform, ViewTransform, show_views
+from ..augment import MultiCropTransform, SimCLRTransform, ViewTransform
+from .core import show_views
 from ..core import check_positive
 from ..sinkhorn import marginal_error, sinkhorn_knopp
 from .core import as_display_image, overlay, panel_grid
