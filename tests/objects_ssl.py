@@ -83,6 +83,31 @@ def run(method: str, seed: int, preset: str, split: str, overrides: dict, save_b
     out['config'] = {k: v for k, v in dataclasses.asdict(config).items() if k != 'out_dir'}
     return out
 
+FINGERPRINT_STEPS = 3   # optimiser steps behind a fingerprint
+
+def fingerprint(method: str, config: dict, steps: int = FINGERPRINT_STEPS) -> dict:
+    """What the code does with a stored result's `config`, in seconds: the losses of its first `steps` optimiser steps
+    (data, augmentations, network, loss and optimiser) and kNN@20 / linear probe of its untrained encoder on 300 'train' and
+    200 'test' images (the evaluation). A long run's numbers come from the same code, so when the code's fingerprint of a
+    stored config differs from the stored one, the code no longer produces that result (`tests/test_stored_results.py`)."""
+    cls = type(make_config(method, 0, 'objects'))
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in fields}   # JSON lists were tuples
+    cfg = cls(**{**values, 'out_dir': None, 'resume': None, 'max_steps': steps, 'num_workers': 0, 'device': 'cpu'})
+    losses = []
+    trainer = make_trainer(cfg, callbacks=[lambda t: losses.append(float(t.metrics['loss']))])
+    initial = copy.deepcopy(trainer.method.backbone)
+    trainer.fit()
+    (xf, yf), (xq, yq) = labelled('train'), labelled('test')
+    return {'steps': steps, 'losses': [round(v, 6) for v in losses],
+            'random_init': {k: round(v, 2) for k, v in score(initial, (xf[:300], yf[:300]), (xq[:200], yq[:200])).items()}}
+
+def fingerprint_matches(stored: dict, current: dict, rtol: float = 1e-4) -> bool:
+    "Whether two fingerprints agree: the same steps, losses within `rtol` (BLAS and thread counts move the last digits), probes within 0.5 points."
+    if stored.get('steps') != current['steps'] or len(stored.get('losses', ())) != len(current['losses']): return False
+    if any(abs(a - b) > rtol * max(1.0, abs(b)) for a, b in zip(stored['losses'], current['losses'])): return False
+    return all(abs(stored['random_init'][k] - v) <= 0.5 for k, v in current['random_init'].items())
+
 def summarise(method: str, runs: list[dict], split: str, command: str) -> dict:
     "Mean and standard deviation over seeds, in the layout of `nbs/results/<method>_builtin.json`."
     def stats(key, sub=None, rs=runs):
@@ -108,7 +133,7 @@ def summarise(method: str, runs: list[dict], split: str, command: str) -> dict:
             'val': val, 'seeds': [r['seed'] for r in runs], 'per_seed': [{k: r[k] for k in r if k != 'config'} for r in runs],
             'steps': runs[0]['steps'], 'epochs': cfg['epochs'], 'batch_size': cfg['batch_size'],
             'wall_time_s': round(max(r['wall_time_s'] for r in runs), 1),
-            'config': cfg, 'command': command,
+            'config': cfg, 'command': command, 'fingerprint': fingerprint(method, cfg),
             'machine': f"{os.cpu_count()} shared CPU cores ({platform.machine()}), no GPU, torch threads {torch.get_num_threads()}, "
                        f"load average at the end {os.getloadavg()[0]:.1f}"}
 
