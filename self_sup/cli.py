@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, get_args, get_origin
 from dataclasses import dataclass
 
-from .core import CheckpointWriteError, check_positive, get_device, progress
+from .core import CheckpointWriteError, check_positive, get_device, new_recording_given, progress
 
 # %% auto #0
 __all__ = ['ENCODER_OPTIONS', 'COMMANDS', 'QUIET_HELP', 'field_help', 'field_sections', 'show_default', 'add_dataclass_arguments',
@@ -145,6 +145,8 @@ class EncoderConfig:
     batch_size: int = 256 # images per forward pass
     device: str | None = None # 'cpu', 'cuda', ... (None: a GPU if there is one)
 
+    __new__ = new_recording_given   # an architecture option given beside --run is refused even at its default value
+
     def __post_init__(self):
         for name in ('patch_size', 'depth', 'size'):
             if getattr(self, name) is not None: check_positive(name, getattr(self, name))
@@ -154,7 +156,7 @@ class EncoderConfig:
         if self.run is not None:
             if not Path(self.run).is_dir(): raise FileNotFoundError(f"run {self.run!r} is not a folder (a `self_sup train --out-dir` folder)")
             default = {f.name: f.default for f in dataclasses.fields(self)}
-            mixed = [_option(n) for n in ENCODER_OPTIONS if getattr(self, n) != default[n]]
+            mixed = [_option(n) for n in ENCODER_OPTIONS if n in self._given or getattr(self, n) != default[n]]
             if mixed: raise ValueError(f"run rebuilds the encoder from {self.run!r}; {', '.join(mixed)} are for a plain weight file: drop them or drop --run")
 
 ENCODER_OPTIONS = ('backbone', 'weights', 'checkpoint_key', 'prefix', 'patch_size', 'depth')   # what --run replaces
@@ -359,6 +361,7 @@ def export_main(argv: list[str] | None = None):
     if meta['library'] == 'timm':
         kw = ', '.join(f'{k}={v!r}' for k, v in meta['kwargs'].items())
         how = f"timm.create_model({meta['architecture']!r}, pretrained=True, pretrained_cfg_overlay=dict(file={str(args.out)!r}), {kw})"
+    elif 'builder' in meta: how = f"self_sup.models.load_export({str(args.out)!r})"
     else: how = f"self_sup.models.create_backbone({meta['architecture']!r}, weights={str(args.out)!r}, **{meta['kwargs']})"
     print(f"wrote {args.out} ({size:.1f} MB, {meta['dtype']}, {meta['method']} step {meta['step']}); load it with {how}")
     return meta

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #02402e45
 from __future__ import annotations
-import os, pickle, random, re, shlex, shutil, signal, socket, sys, tempfile, threading, time, warnings, zlib
+import dataclasses, os, pickle, random, re, shlex, shutil, signal, socket, sys, tempfile, threading, time, warnings, zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -15,10 +15,10 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['check_positive', 'check_in', 'check_range', 'check_int', 'check_fraction_pair', 'check_seed', 'check_folder_path',
-           'check_image_side', 'seed_everything', 'torch_threads', 'rng_state', 'set_rng_state', 'get_device',
-           'stale_temporaries', 'CheckpointWriteError', 'save_checkpoint', 'load_checkpoint', 'FolderInUse',
-           'FolderLock', 'progress', 'first_nonfinite', 'swap_signal_handlers', 'restore_signal_handlers',
-           'resume_command']
+           'check_image_side', 'new_recording_given', 'seed_everything', 'torch_threads', 'rng_state', 'set_rng_state',
+           'get_device', 'stale_temporaries', 'CheckpointWriteError', 'save_checkpoint', 'load_checkpoint',
+           'FolderInUse', 'FolderLock', 'progress', 'first_nonfinite', 'swap_signal_handlers',
+           'restore_signal_handlers', 'resume_command']
 
 # %% ../nbs/00_core.ipynb #870d53a6
 def check_positive(name: str, # the argument's name, as the user typed it
@@ -96,6 +96,13 @@ def check_image_side(name: str, value: int, maximum: int = 8192) -> int:
         raise ValueError(f"{name} must be at most {maximum} pixels, got {value}: one float32 RGB image of that side needs "
                          f"{3 * value * value * 4 / 2**30:.1f} GiB")
     return int(value)
+
+def new_recording_given(cls, *args, **kwargs):
+    "A dataclass's `__new__` that records which fields the caller gave (`obj._given`), so that a value given explicitly can win over a preset or be refused, even when it equals the default."
+    obj = object.__new__(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]   # the dataclass __init__ gets the same arguments
+    object.__setattr__(obj, '_given', frozenset(names[:len(args)]) | frozenset(kwargs))
+    return obj
 
 # %% ../nbs/00_core.ipynb #349ce303
 def seed_everything(seed: int, # any integer

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_models.ipynb #97292e36
 from __future__ import annotations
-import json, math
+import importlib, json, math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,8 @@ from .core import check_positive, load_checkpoint
 # %% auto #0
 __all__ = ['BACKBONES', 'EXPORT_METADATA_KEY', 'available_backbones', 'SmallCNN', 'BackboneOutput', 'Backbone', 'create_backbone',
            'freeze_all_but_last_blocks', 'param_groups_weight_decay', 'LoadResult', 'load_weights', 'timm_spec',
-           'export_backbone', 'read_export_info', 'ProjectionMLP', 'DINOHead', 'LinearClassifier', 'Prototypes']
+           'export_backbone', 'read_export_info', 'load_export', 'ProjectionMLP', 'DINOHead', 'LinearClassifier',
+           'Prototypes']
 
 # %% ../nbs/05_models.ipynb #6dbf4251
 BACKBONES: dict[str, str | None] = {
@@ -391,8 +392,11 @@ def export_backbone(backbone: nn.Module, # a `Backbone` (timm or SmallCNN) or an
         meta = dict(library='timm', architecture=name, kwargs=kwargs)
     elif isinstance(module, SmallCNN):
         meta = dict(library='self_sup', architecture='small_cnn', kwargs=dict(in_chans=module.in_chans, widths=[m[0].out_channels for m in module.stages]))
-    else:   # e.g. RotNet's Network-In-Network: only its own class rebuilds it
-        meta = dict(library='self_sup', architecture=type(module).__name__, kwargs={}, note='not a create_backbone name: build the module yourself and load_state_dict')
+    elif hasattr(module, 'export_spec'):   # e.g. RotNet's Network-In-Network: the function that rebuilds it, and its arguments
+        builder, kwargs = module.export_spec()
+        meta = dict(library='self_sup', architecture=kwargs.get('name', type(module).__name__), builder=builder, kwargs=kwargs)
+    else:
+        meta = dict(library='self_sup', architecture=type(module).__name__, kwargs={}, note='no export_spec: build the module yourself and load_state_dict')
     meta.update(dtype='float16' if half else 'float32', **(info or {}))
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous() for k, v in module.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -410,6 +414,19 @@ def read_export_info(path: str | Path, # a file `export_backbone` wrote
     with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
     if EXPORT_METADATA_KEY not in meta: raise ValueError(f"{str(path)!r} has no {EXPORT_METADATA_KEY!r} metadata: it was not written by export_backbone")
     return json.loads(meta[EXPORT_METADATA_KEY])
+
+def load_export(path: str | Path, # a file `export_backbone` wrote
+               ) -> nn.Module:
+    "Rebuild the encoder a file of `export_backbone` holds, with its weights, in eval mode: through timm, `create_backbone` or the builder the file names."
+    from safetensors.torch import load_file
+    meta = read_export_info(path)
+    if meta['library'] == 'timm' or meta['architecture'] == 'small_cnn':
+        return create_backbone(meta['architecture'], weights=path, **meta['kwargs']).eval()
+    if 'builder' not in meta: raise ValueError(f"{str(path)!r} holds a {meta['architecture']} without a builder: {meta.get('note', '')}")
+    module_name, fn_name = meta['builder'].rsplit('.', 1)
+    model = getattr(importlib.import_module(module_name), fn_name)(**meta['kwargs'])
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()})
+    return model.eval()
 
 # %% ../nbs/05_models.ipynb #c8083b6f
 class ProjectionMLP(nn.Module):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .core import (check_folder_path, check_fraction_pair, check_image_side, check_in, check_int, check_seed,
-                           load_checkpoint)
+                           load_checkpoint, new_recording_given)
 from .data.images import pretraining_images
 from .eval.knn import PROBE_DATASETS, online_knn_probe
 from .models import create_backbone
@@ -51,12 +51,7 @@ class RunConfig:
 
     PRESETS: ClassVar[dict[str, dict | Callable]] = {'paper': {}} # name -> {field: value}, or a function of the config giving one
 
-    def __new__(cls, *args, **kwargs):
-        # the dataclass __init__ gets the same arguments: remember which fields the caller gave
-        obj = super().__new__(cls)
-        names = [f.name for f in dataclasses.fields(cls) if f.init]
-        object.__setattr__(obj, '_given', frozenset(names[:len(args)]) | frozenset(kwargs))
-        return obj
+    __new__ = new_recording_given   # remembers which fields the caller gave: those win over the preset
 
 # %% ../nbs/06a_recipes.ipynb #8aca75ac
 def apply_preset(config: RunConfig) -> None:

@@ -124,6 +124,8 @@ def test_eval_run_refuses_architecture_options_and_export_loads_in_timm(tmp_path
         '--out-dir', str(tmp_path / 'rot'))
     bad = run('self_sup', 'eval', 'knn', '--run', str(tmp_path / 'rot'), '--weights', str(tmp_path / 'rot' / 'checkpoint.pt'), check=False)
     assert bad.returncode == 2 and 'argument --run:' in bad.stderr and '--weights' in bad.stderr and 'Traceback' not in bad.stderr, bad.stderr
+    same = run('self_sup', 'eval', 'knn', '--run', str(tmp_path / 'rot'), '--backbone', 'small_cnn', check=False)   # the default value, given
+    assert same.returncode == 2 and '--backbone' in same.stderr and 'drop --run' in same.stderr, same.stderr
     missing = run('self_sup', 'eval', 'knn', '--run', str(tmp_path / 'nope'), check=False)
     assert missing.returncode == 2 and 'is not a folder' in missing.stderr, missing.stderr
     out = run('self_sup', 'export', str(tmp_path / 'rot'), '--out', str(tmp_path / 'cnn.safetensors')).stdout

@@ -128,3 +128,17 @@ def test_unvisited_layer_is_reported():
 def test_rotnet_rejects_non_square_images():
     with pytest.raises(ValueError, match='square'):
         RotNet(NetworkInNetwork(width=8))(torch.rand(2, 3, 32, 28))
+
+
+def test_nin_export_rebuilds_from_the_file_alone(tmp_path):
+    "RotNet's Network-In-Network is not a create_backbone name: its export names the builder, and load_export rebuilds it exactly."
+    import torch
+    from self_sup.methods.rotnet import NetworkInNetwork
+    from self_sup.models import export_backbone, load_export, read_export_info
+    torch.manual_seed(0)
+    nin = NetworkInNetwork(in_chans=3, n_blocks=4, width=16).eval()
+    meta = export_backbone(nin, tmp_path / 'nin.safetensors')
+    assert meta['builder'] == 'self_sup.methods.rotnet.create_encoder' and meta['kwargs'] == dict(name='nin', in_chans=3, nin_blocks=4, nin_width=16)
+    assert read_export_info(tmp_path / 'nin.safetensors')['architecture'] == 'nin'
+    x = torch.rand(2, 3, 28, 28)
+    with torch.no_grad(): assert torch.equal(load_export(tmp_path / 'nin.safetensors')(x), nin(x))

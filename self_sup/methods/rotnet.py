@@ -113,7 +113,7 @@ class NetworkInNetwork(nn.Module):
                   nn.Sequential(_conv_bn_relu(w3, w1, 5), _conv_bn_relu(w1, w1, 1), _conv_bn_relu(w1, w1, 1), nn.AvgPool2d(3, 2, 1))]
         blocks += [nn.Sequential(_conv_bn_relu(w1, w1, 3), _conv_bn_relu(w1, w1, 1), _conv_bn_relu(w1, w1, 1)) for _ in range(n_blocks - 2)]
         self.blocks = nn.Sequential(*blocks)
-        self.in_chans, self.embed_dim = in_chans, w1
+        self.in_chans, self.embed_dim, self.n_blocks, self.width = in_chans, w1, n_blocks, width
         for m in self.modules():
             if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
 
@@ -127,6 +127,10 @@ class NetworkInNetwork(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         "The global average of the last block, `[B, width]`."
         return self.forward_features(x).mean((2, 3))
+
+    def export_spec(self) -> tuple[str, dict]:
+        "How `self_sup.models.load_export` rebuilds this network: `create_encoder` and its arguments."
+        return 'self_sup.methods.rotnet.create_encoder', dict(name='nin', in_chans=self.in_chans, nin_blocks=self.n_blocks, nin_width=self.width)
 
 # %% ../../nbs/10_methods.rotnet.ipynb #fc07e5e7
 def create_encoder(name: str, # 'nin' or a `self_sup.models` backbone name
