@@ -20,10 +20,11 @@ from .models import create_backbone
 from .train import Trainer, TrainConfig
 
 # %% auto #0
-__all__ = ['RUN_FIELDS', 'IMAGE_SIDES', 'RECIPES', 'MULTICROP_DATASETS', 'METHOD_JSON_FORMAT', 'RunConfig', 'apply_preset',
-           'trainer_options', 'check_run_fields', 'Recipe', 'register_recipe', 'recipes', 'get_recipe', 'recipe_of',
-           'make_trainer', 'train', 'image_dataset', 'backbone_from_config', 'MultiCropConfig', 'config_to_dict',
-           'config_from_dict', 'write_method_json', 'RunData', 'read_method_json', 'load_run']
+__all__ = ['RUN_FIELDS', 'IMAGE_SIDES', 'RECIPES', 'MULTICROP_DATASETS', 'METHOD_JSON_FORMAT', 'STORED_WEIGHTS', 'RunConfig',
+           'apply_preset', 'trainer_options', 'check_run_fields', 'Recipe', 'register_recipe', 'recipes', 'get_recipe',
+           'recipe_of', 'make_trainer', 'train', 'image_dataset', 'backbone_from_config', 'MultiCropConfig',
+           'config_to_dict', 'config_from_dict', 'write_method_json', 'RunData', 'read_method_json', 'load_run',
+           'store_run']
 
 # %% ../nbs/06a_recipes.ipynb #3aada123
 @dataclass
@@ -286,7 +287,11 @@ def load_run(run_dir: str | Path, # a run folder: method.json and checkpoint.pt
         for k, v in values.items():
             if k in fields: object.__setattr__(config, k, tuple(v) if isinstance(v, list) else v)
     ckpt_path = Path(checkpoint) if checkpoint is not None else Path(run_dir) / 'checkpoint.pt'
-    ckpt = load_checkpoint(ckpt_path)
+    if checkpoint is None and not ckpt_path.is_file() and (Path(run_dir) / STORED_WEIGHTS).is_file():   # a stored run (`store_run`)
+        from safetensors.torch import load_file
+        ckpt_path = Path(run_dir) / STORED_WEIGHTS
+        ckpt = {'method': {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(ckpt_path)).items()}}
+    else: ckpt = load_checkpoint(ckpt_path)
     if not isinstance(ckpt, dict) or 'method' not in ckpt:
         raise ValueError(f"{str(ckpt_path)!r} is not a trainer checkpoint (no 'method' state)")
     torch.manual_seed(config.seed)
@@ -294,3 +299,18 @@ def load_run(run_dir: str | Path, # a run folder: method.json and checkpoint.pt
     try: method.load_state_dict(ckpt['method'])
     except RuntimeError as e: raise ValueError(f"{str(ckpt_path)!r} does not fit the {recipe.name} method that method.json describes: {e}") from e
     return method.eval(), config
+
+STORED_WEIGHTS = 'method.safetensors'   # a stored run's weights (what `store_run` writes instead of checkpoint.pt)
+
+def store_run(run_dir: str | Path, # a finished run folder written by `make_trainer` + `Trainer.fit` (method.json, checkpoint.pt, metrics.csv)
+              dest: str | Path, # the folder to keep it in (e.g. nbs/results/runs/<name>)
+              half: bool = True, # float16 weights (half the size; the figures a notebook draws from them do not move)
+             ) -> Path:
+    "Keep what a notebook needs to show a finished run without training it again: method.json, metrics.csv and the method's weights as safetensors (no optimiser state); `load_run(dest)` reads it."
+    from safetensors.torch import save_file
+    src, dest = Path(run_dir), Path(dest)
+    state = load_checkpoint(src / 'checkpoint.pt')['method']
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ('method.json', 'metrics.csv'): (dest / name).write_bytes((src / name).read_bytes())
+    save_file({k: (v.half() if half and v.is_floating_point() else v).clone().contiguous() for k, v in state.items()}, str(dest / STORED_WEIGHTS))   # clone: shared tensors saved apart
+    return dest
