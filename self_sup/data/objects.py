@@ -18,7 +18,7 @@ from .images import _sample_array, mnist5k
 
 # %% auto #0
 __all__ = ['BACKGROUND_PHOTOS', 'OBJECT_SPLITS', 'OBJECT_SIZE', 'random_background', 'paste_object', 'composite', 'object_layers',
-           'object_images', 'ObjectImages']
+           'object_images', 'ObjectImages', 'describe_result']
 
 # %% ../../nbs/01c_data.objects.ipynb #2e4ea2b9
 BACKGROUND_PHOTOS = ['astronaut', 'chelsea', 'coffee', 'rocket', 'hubble_deep_field', 'immunohistochemistry', 'retina',
@@ -130,3 +130,23 @@ class ObjectImages(Dataset):
                   for _ in range(self.view_backgrounds - 1)]
         return [views[k] if k % self.view_backgrounds == 0 else others[k % self.view_backgrounds - 1][k] for k in range(len(views))], y
     def __repr__(self): return f"ObjectImages(split={self.split!r}, seed={self.seed}, {len(self)} images [3, 28, 28])"
+
+# %% ../../nbs/01c_data.objects.ipynb #4cd33832
+def describe_result(result: dict, # a `nbs/results/<method>_builtin.json` as `tests/objects_ssl.py` writes it
+                    margin: float = 5.0, # points over the random encoder that count as 'beats it'
+                   ) -> str:
+    "One Markdown paragraph: the method, seeds, time per run, kNN@20 and linear probe (mean ± std) beside its random encoder, and whether both gains reach `margin`."
+    missing = {'method', 'knn@20', 'linear_top1', 'std', 'random_init', 'seeds'} - set(result)
+    if missing: raise ValueError(f"not a stored objects result: missing {sorted(missing)}")
+    ri, ri_std = result['random_init'], result.get('random_init_std', {'knn@20': 0.0, 'linear_top1': 0.0})
+    gains = {k: result[k] - ri[k] for k in ('knn@20', 'linear_top1')}
+    walls = [s['wall_time_s'] for s in result.get('per_seed', [])] or [result.get('wall_time_s', 0)]
+    def pm(m, s): return f"{m:.1f} ± {s:.1f}"
+    verdict = (f"**beats it by at least {margin:g} points on both probes**" if min(gains.values()) >= margin else
+               f"**does not reach the {margin:g}-point margin on " +
+               ' and '.join(n for k, n in (('knn@20', 'kNN'), ('linear_top1', 'the linear probe')) if gains[k] < margin) + '**')
+    return (f"{result['method']} ({result.get('backbone', '?')}, {result.get('steps', '?')} steps, "
+            f"{min(walls):.0f}-{max(walls):.0f} s per run, seeds {', '.join(map(str, result['seeds']))}) on the {result.get('split', 'test')} images: "
+            f"kNN@20 {pm(result['knn@20'], result['std']['knn@20'])} against {pm(ri['knn@20'], ri_std['knn@20'])} for the same encoder at "
+            f"random initialisation ({gains['knn@20']:+.1f}), linear probe {pm(result['linear_top1'], result['std']['linear_top1'])} against "
+            f"{pm(ri['linear_top1'], ri_std['linear_top1'])} ({gains['linear_top1']:+.1f}): it {verdict}.")
