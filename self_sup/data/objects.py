@@ -142,11 +142,11 @@ def describe_result(result: dict, # a `nbs/results/<method>_builtin.json` as `te
     gains = {k: result[k] - ri[k] for k in ('knn@20', 'linear_top1')}
     walls = [s['wall_time_s'] for s in result.get('per_seed', [])] or [result.get('wall_time_s', 0)]
     def pm(m, s): return f"{m:.1f} ± {s:.1f}"
-    verdict = (f"**beats it by at least {margin:g} points on both probes**" if min(gains.values()) >= margin else
-               f"**does not reach the {margin:g}-point margin on " +
+    verdict = (f"**at least {margin:g} points above its random encoder on both probes**" if min(gains.values()) >= margin else
+               f"**short of the {margin:g}-point margin on " +
                ' and '.join(n for k, n in (('knn@20', 'kNN'), ('linear_top1', 'the linear probe')) if gains[k] < margin) + '**')
     return (f"{result['method']} ({result.get('backbone', '?')}, {result.get('steps', '?')} steps, "
             f"{min(walls):.0f}-{max(walls):.0f} s per run, seeds {', '.join(map(str, result['seeds']))}) on the {result.get('split', 'test')} images: "
             f"kNN@20 {pm(result['knn@20'], result['std']['knn@20'])} against {pm(ri['knn@20'], ri_std['knn@20'])} for the same encoder at "
             f"random initialisation ({gains['knn@20']:+.1f}), linear probe {pm(result['linear_top1'], result['std']['linear_top1'])} against "
-            f"{pm(ri['linear_top1'], ri_std['linear_top1'])} ({gains['linear_top1']:+.1f}): it {verdict}.")
+            f"{pm(ri['linear_top1'], ri_std['linear_top1'])} ({gains['linear_top1']:+.1f}): {verdict}.")
