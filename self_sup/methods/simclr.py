@@ -65,8 +65,8 @@ class SimCLRConfig(RunConfig):
         epochs=8, batch_size=128, optimizer='adamw', lr=1e-3, warmup_epochs=1, weight_decay=1e-4,
         precision='32', num_workers=1, log_every=1)}
     # 'objects': the objects task (data.objects); chosen on its 'val' split, see 92_repro.image_ssl
-    PRESETS['objects'] = PRESETS['cpu'] | dict(dataset='objects', color_strength=1.0, crop_scale=(0.5, 1.0), temperature=0.1,
-                                                batch_size=64, epochs=5)
+    PRESETS['objects'] = PRESETS['cpu'] | dict(dataset='objects', color_strength=0.5, crop_scale=(0.5, 1.0), temperature=0.1,
+                                                batch_size=64, epochs=12)
 
     def __post_init__(self):
         super().__post_init__()   # the preset sets the fields not given; the shared fields are checked
