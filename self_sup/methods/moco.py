@@ -131,7 +131,8 @@ class MoCoConfig(RunConfig):
         'paper': lambda c: paper_recipe(c.version),
         'cpu': lambda c: paper_recipe(c.version) | CPU_PRESETS[c.version],
         # the objects task (data.objects); chosen on its 'val' split, see 92_repro.image_ssl
-        'objects': lambda c: paper_recipe(c.version) | CPU_PRESETS[c.version] | dict(dataset='objects', crop_scale=(0.5, 1.0), epochs=6)}
+        'objects': lambda c: paper_recipe(c.version) | CPU_PRESETS[c.version] | dict(dataset='objects', crop_scale=(0.5, 1.0),
+                                                                              epochs=10 if c.version == 'v2' else 6)}
 
     def __post_init__(self):
         super().__post_init__()   # checks `version`, sets the preset's values in the fields not given, checks the shared fields
