@@ -488,6 +488,9 @@ def _run(command: str, cfg, rest: list[str] | None):
         # a bad value or path the user gave: say it in one line (SELF_SUP_DEBUG=1 shows the traceback)
         if os.environ.get('SELF_SUP_DEBUG'): raise
         print(f"self_sup {command}: error: {e}", file=sys.stderr); sys.exit(2)
+    finally:   # leave the process group torchrun started before the interpreter exits (gloo's threads otherwise abort at exit)
+        from self_sup.distributed import cleanup_distributed
+        cleanup_distributed()
 
 # %% ../nbs/51_cli.ipynb #8ae976c3
 def console() -> int:
